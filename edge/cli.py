@@ -1,0 +1,54 @@
+"""The one `noa-edge` command line. Each pipeline stage module adds its own subcommands.
+
+A stage module exposes `register(app: typer.Typer)`. Modules must keep heavy imports (TensorFlow,
+scikit-learn) inside the command functions so the CLI starts fast and the device needs no TF.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(
+    name="noa-edge",
+    help="NOA vs OA from testicular ultrasound: host toolchain (simulate, validate, train, nomogram, "
+    "convert, evaluate) and edge daemon (serve, bench, bundle).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Order = data path. Each module owns the commands of its stage.
+STAGE_MODULES = [
+    "converters.phantom",    # simulate
+    "converters.dataset",    # validate
+    "converters.train",      # train
+    "converters.nomogram",   # nomogram, evaluate
+    "converters.convert",    # convert
+    "edge.bundle",           # bundle verify / info
+    "edge.server",           # serve
+    "edge.bench",            # bench
+]
+
+
+def _register_all() -> None:
+    for name in STAGE_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # stage not built yet
+                continue
+            raise
+        module.register(app)
+
+
+_register_all()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
