@@ -43,6 +43,23 @@ def _register_all() -> None:
         module.register(app)
 
 
+@app.command()
+def version() -> None:
+    """Print the noa-edge version."""
+    from edge import __version__
+
+    typer.echo(f"noa-edge {__version__}")
+
+
+@app.command()
+def demo(out: str = typer.Option("out/demo-cohort", help="Where the demo cohort goes.")) -> None:
+    """The main job on the embedded demo bundle (what `make demo` runs)."""
+    from converters.phantom import simulate_cohort
+
+    path = simulate_cohort(out, n_oa=6, n_noa=6, n_controls=2, seed=7)
+    typer.echo(f"phantom demo cohort written to {path}")
+
+
 _register_all()
 
 
