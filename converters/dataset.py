@@ -219,6 +219,8 @@ def load_dataset(path: str | Path, check_images: bool = True) -> Dataset:
     patients, patient_lines = _load_patients(root, findings)
     images = _load_images(root, findings, patient_lines, volume_k, check_images)
 
+    if findings.errors:  # dataset-wide warnings only make sense once every row is valid
+        raise DatasetError(findings.errors, findings.warnings, root=root)
     with_images = {i["patient_id"] for i in images}
     for p in patients:
         if p["patient_id"] not in with_images:
@@ -230,9 +232,6 @@ def load_dataset(path: str | Path, check_images: bool = True) -> Dataset:
             if g not in present:
                 findings.warn(PATIENTS_CSV, None, "group",
                               f"no {g} patients: a NOA-vs-OA model needs both")
-
-    if findings.errors:
-        raise DatasetError(findings.errors, findings.warnings, root=root)
     return Dataset(root=root, meta=meta, patients=patients, images=images,
                    warnings=findings.warnings)
 
@@ -512,15 +511,16 @@ def _check_consistency(name: str, line: int, v: dict, volume_k: float | None,
                        findings: _Findings) -> None:
     dims = (v["length_cm"], v["width_cm"], v["height_cm"])
     if volume_k and v["volume_ml"] is not None and all(d is not None for d in dims):
-        expected = volume_k * dims[0] * dims[1] * dims[2]
+        lwh = dims[0] * dims[1] * dims[2]
+        expected = volume_k * lwh
         diff = abs(v["volume_ml"] - expected) / expected
         if diff > VOLUME_TOLERANCE:
-            other = [f for f, k in VOLUME_FORMULAS.items() if k != volume_k
-                     and abs(v["volume_ml"] - k * dims[0] * dims[1] * dims[2]) <= 0.05 * k * dims[0] * dims[1] * dims[2]]
-            hint = f"; it matches {other[0]} — check volume_formula in {DATASET_JSON}" if other else ""
+            other = [f for f, k in VOLUME_FORMULAS.items()
+                     if k != volume_k and abs(v["volume_ml"] - k * lwh) <= 0.05 * k * lwh]
+            hint = f"; it matches {other[0]}: check volume_formula in {DATASET_JSON}" if other else ""
             findings.warn(name, line, "volume_ml",
                           f"{v['volume_ml']:g} mL differs by {100 * diff:.0f}% from "
-                          f"{volume_k:g}·L·W·H = {expected:.1f} mL{hint}")
+                          f"{volume_k:g}*L*W*H = {expected:.1f} mL{hint}")
     if v["psv_cm_s"] is not None and v["edv_cm_s"] is not None and v["edv_cm_s"] > v["psv_cm_s"]:
         findings.warn(name, line, "edv_cm_s",
                       f"EDV {v['edv_cm_s']:g} cm/s is above PSV {v['psv_cm_s']:g} cm/s (swapped?)")

@@ -16,7 +16,7 @@ def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
     if img.dtype != np.uint8:
         img = img.astype(np.float32)
         lo, hi = float(img.min()), float(img.max())
-        img = ((img - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(img)).astype(np.uint8)
+        img = np.rint((img - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(img)).astype(np.uint8)
     if img.ndim == 2:
         return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
     if img.ndim == 3 and img.shape[2] == 1:
