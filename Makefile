@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PACKAGES := dcmtk chromium r-base-core r-cran-rms r-cran-proc fonts-dejavu-core
+APT_PACKAGES := dcmtk dicom3tools chromium r-base-core r-cran-rms r-cran-proc fonts-dejavu-core
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test test-fast venv sysdeps firmware tflite-env bench clean
