@@ -457,18 +457,19 @@ def lowess_at(x: np.ndarray, y: np.ndarray, at: np.ndarray, frac: float = 2 / 3)
     y = np.asarray(y, float)
     at = np.asarray(at, float)
     n = len(x)
-    k = max(2, min(n, int(math.ceil(frac * n - 1e-9)))) if frac * n >= 2 else 2
+    k = max(min(int(math.floor(frac * n + 1e-7)), n), 2)      # clowess: ns = floor(f*n)
     d = np.abs(x[None, :] - at[:, None])                      # (g, n)
-    h = np.partition(d, k - 1, axis=1)[:, k - 1]
-    h = np.maximum(h, 1e-12)
-    u = np.clip(d / (h[:, None] * 1.0000001), 0, 1)
-    w = (1 - u ** 3) ** 3
+    h = np.partition(d, k - 1, axis=1)[:, k - 1][:, None]    # distance to the k-th nearest point
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = np.where(d <= 0.999 * h, (1 - np.clip(d / h, 0, 1) ** 3) ** 3, 0.0)
+    w = np.where(d <= 0.001 * h, 1.0, w)
     sw = w.sum(1)
     xm = (w * x).sum(1) / sw
     ym = (w * y).sum(1) / sw
     sxx = (w * (x - xm[:, None]) ** 2).sum(1)
     sxy = (w * (x - xm[:, None]) * (y - ym[:, None])).sum(1)
-    slope = np.where(sxx > 1e-12 * np.maximum(h, 1) ** 2, sxy / np.where(sxx > 0, sxx, 1), 0.0)
+    linear = np.sqrt(sxx) > 0.001 * np.ptp(x)               # clowess falls back to a local mean
+    slope = np.where(linear, sxy / np.where(sxx > 0, sxx, 1), 0.0)
     return ym + slope * (at - xm)
 
 

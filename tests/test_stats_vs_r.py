@@ -51,15 +51,18 @@ def _require_r() -> str:
     return rscript
 
 
-def make_data(n: int = 550, seed: int = 7) -> dict[str, np.ndarray]:
-    """A cohort shaped like the nomogram's: DL logit, log-normal FSH, volume, EDV; AUC ~0.85 (no separation)."""
+def make_data(n: int = 1000, seed: int = 7) -> dict[str, np.ndarray]:
+    """A cohort shaped like the nomogram's (DL logit, log-normal FSH, volume, EDV; C ~0.76, no separation).
+
+    n = 1000 rows keeps the Monte-Carlo SD of a B = 200 optimism estimate near 0.002 (Dxy) and 0.004
+    (slope), so the 0.02 agreement with R holds for any pair of seeds, not just these."""
     rng = np.random.default_rng(seed)
     severity = rng.normal(size=n)
     x1 = 0.8 * severity + rng.normal(scale=1.0, size=n)                 # DL logit
     x2 = np.exp(1.8 + 0.35 * severity + rng.normal(scale=0.5, size=n))  # FSH
     x3 = 16 - 2.0 * severity + rng.normal(scale=3, size=n)              # volume
     x4 = 3.0 - 0.3 * severity + rng.normal(scale=0.8, size=n)           # EDV
-    y = (rng.random(n) < 1 / (1 + np.exp(-(0.4 + 1.0 * severity)))).astype(int)
+    y = (rng.random(n) < 1 / (1 + np.exp(-(0.6 + 2.0 * severity)))).astype(int)
     fit = stats.fit_logistic(np.column_stack([x1, x2, x3, x4]), y, check=False)
     return {"y": y, "x1": x1, "x2": x2, "x3": x3, "x4": x4,
             "s_dl": 1 / (1 + np.exp(-x1)),

@@ -1,0 +1,780 @@
+"""`noa-edge nomogram RUN` and `noa-edge evaluate BUNDLE_OR_RUN DATASET`.
+
+nomogram: joins the training run's out-of-fold DL probabilities with the dataset's clinical columns,
+fits the paper's logistic model (DL logit + FSH + volume + EDV, unpenalised ML like rms::lrm), writes the
+device contract RUN/nomogram.json, the nomogram figure, RUN/report.json (every number) and a
+self-contained RUN/report.html laid out along TRIPOD+AI. evaluate: scores a frozen model + nomogram on
+a new cohort with no refit. Unit of prediction: one testis image (that testis's volume and EDV, the
+patient's FSH); unit of resampling: the patient.
+Heavy imports (scipy via converters.stats, matplotlib, keras) stay inside functions.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.nomogram import SCHEMA, Nomogram, NomogramError, nice_ticks, points_scaling
+
+# name -> input source column, transform, label, unit, plausible range the device enforces, level
+CANDIDATES: dict[str, dict] = {
+    "dl_logit": {"source": "dl_probability", "transform": "logit", "label": "DL probability", "unit": "",
+                 "range": [0.001, 0.999], "level": "image"},
+    "fsh": {"source": "fsh", "transform": "identity", "label": "Serum FSH", "unit": "IU/L", "range": [0, 200], "level": "patient"},
+    "lh": {"source": "lh", "transform": "identity", "label": "Serum LH", "unit": "IU/L", "range": [0, 200], "level": "patient"},
+    "testosterone": {"source": "testosterone", "transform": "identity", "label": "Testosterone", "unit": "ng/mL",
+                     "range": [0, 50], "level": "patient"},
+    "inhibin_b": {"source": "inhibin_b", "transform": "identity", "label": "Inhibin B", "unit": "pg/mL",
+                  "range": [0, 2000], "level": "patient"},
+    "volume_ml": {"source": "volume_ml", "transform": "identity", "label": "Testicular volume", "unit": "mL",
+                  "range": [0.5, 60], "level": "image"},
+    "length_cm": {"source": "length_cm", "transform": "identity", "label": "Testis long axis", "unit": "cm",
+                  "range": [0.5, 10], "level": "image"},
+    "psv_cm_s": {"source": "psv_cm_s", "transform": "identity", "label": "PSV", "unit": "cm/s", "range": [0, 100], "level": "image"},
+    "edv_cm_s": {"source": "edv_cm_s", "transform": "identity", "label": "EDV", "unit": "cm/s", "range": [0, 50], "level": "image"},
+    "ri": {"source": "ri", "transform": "identity", "label": "Resistive index", "unit": "", "range": [0, 1], "level": "image"},
+    "age": {"source": "age", "transform": "identity", "label": "Age", "unit": "years", "range": [10, 100], "level": "patient"},
+}
+DEFAULT_PREDICTORS = ["dl_logit", "fsh", "volume_ml", "edv_cm_s"]
+CLINICAL_PREDICTORS = ["fsh", "volume_ml", "edv_cm_s"]
+SCHOOR_FSH, SCHOOR_LONG_AXIS_CM = 7.6, 4.6
+DL_PROB_CLIP = 1e-3  # logit of a saturated sigmoid: clip like the device does (range 0.001–0.999)
+
+
+class NomogramInputError(ValueError):
+    """A run, dataset or option the nomogram stage cannot use (message names the file/field)."""
+
+
+# ------------------------------------------------------------------------------------ inputs
+def read_oof(run_dir: Path, backbone: str | None) -> tuple[dict[str, float], str, dict]:
+    """RUN/oof_predictions.csv → {image_id: prob} for the selected backbone, the backbone, run.json."""
+    run_json = run_dir / "run.json"
+    if not run_json.is_file():
+        raise NomogramInputError(f"{run_json}: missing (is {run_dir} a `noa-edge train` output?)")
+    try:
+        run = json.loads(run_json.read_text())
+    except json.JSONDecodeError as exc:
+        raise NomogramInputError(f"{run_json}: not valid JSON ({exc})") from None
+    path = run_dir / "oof_predictions.csv"
+    if not path.is_file():
+        raise NomogramInputError(f"{path}: missing")
+    need = ["image_id", "patient_id", "label", "backbone", "prob"]
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in need if c not in (reader.fieldnames or [])]
+        if missing:
+            raise NomogramInputError(f"{path}: missing column(s) {', '.join(missing)}")
+        rows = list(reader)
+    available = sorted({r["backbone"] for r in rows})
+    chosen = backbone or run.get("selected_backbone") or (available[0] if len(available) == 1 else None)
+    if chosen is None:
+        raise NomogramInputError(f"{run_json} has no selected_backbone and {path} holds {available}: pass --backbone")
+    if chosen not in available:
+        raise NomogramInputError(f"{path}: no rows for backbone {chosen!r} (has {', '.join(available) or 'none'})")
+    probs = {}
+    for line, r in enumerate(rows, start=2):
+        if r["backbone"] != chosen:
+            continue
+        try:
+            p = float(r["prob"])
+        except ValueError:
+            raise NomogramInputError(f"{path}: row {line}, column prob: {r['prob']!r} is not a number") from None
+        if not 0 <= p <= 1:
+            raise NomogramInputError(f"{path}: row {line}, column prob: {p} is not a probability")
+        if r["image_id"] in probs:
+            raise NomogramInputError(f"{path}: row {line}: image {r['image_id']!r} appears twice for {chosen}")
+        probs[r["image_id"]] = p
+    return probs, chosen, run
+
+
+def load_dataset_for(run_dir: Path | None, run: dict | None, dataset: str | Path | None):
+    """The dataset named by --dataset or RUN/run.json "dataset" (absolute, or relative to cwd or RUN)."""
+    from converters.dataset import load_dataset
+
+    given = dataset if dataset is not None else (run or {}).get("dataset")
+    if not given:
+        raise NomogramInputError(f"{run_dir}/run.json names no dataset: pass --dataset PATH")
+    path = Path(given)
+    if not path.exists() and run_dir is not None and (run_dir / path).exists():
+        path = run_dir / path
+    return load_dataset(path, check_images=False)
+
+
+def joined_rows(ds, dl_probs: dict[str, float]) -> tuple[list[dict], dict]:
+    """OA/NOA images with the patient's fields and the out-of-fold DL probability; flow counts."""
+    labelled = ds.labelled_images(include_controls=False)
+    rows, no_pred = [], 0
+    for r in labelled:
+        p = dl_probs.get(r["image_id"])
+        if p is None:
+            no_pred += 1
+            continue
+        rows.append({**r, "dl_probability": p})
+    unknown = set(dl_probs) - {r["image_id"] for r in labelled}
+    groups = {}
+    for g in ("OA", "NOA", "control"):
+        ids = {p["patient_id"] for p in ds.patients if p["group"] == g}
+        groups[g] = {"patients": len(ids), "images": sum(i["patient_id"] in ids for i in ds.images)}
+    flow = {"patients": len(ds.patients), "images": len(ds.images), "groups": groups,
+            "controls_excluded": groups["control"],
+            "oa_noa_images": len(labelled), "images_without_dl_prediction": no_pred,
+            "predictions_not_in_dataset": len(unknown), "images_with_dl_prediction": len(rows)}
+    return rows, flow
+
+
+def design(rows: list[dict], predictors: list[str]) -> tuple[np.ndarray, np.ndarray, list[dict], dict]:
+    """Complete-case design matrix (transformed predictors), outcome, kept rows, missing counts."""
+    missing = {name: 0 for name in predictors}
+    kept = []
+    for r in rows:
+        ok = True
+        for name in predictors:
+            if r.get(CANDIDATES[name]["source"]) is None:
+                missing[name] += 1
+                ok = False
+        if ok:
+            kept.append(r)
+    X = np.array([[_transformed(name, r) for name in predictors] for r in kept], float).reshape(len(kept), len(predictors))
+    y = np.array([r["label"] for r in kept], int)
+    return X, y, kept, missing
+
+
+def _transformed(name: str, row: dict) -> float:
+    c = CANDIDATES[name]
+    x = float(row[c["source"]])
+    if c["transform"] == "logit":
+        x = min(max(x, DL_PROB_CLIP), 1 - DL_PROB_CLIP)
+        return math.log(x / (1 - x))
+    if c["transform"] == "log":
+        return math.log(x)
+    return x
+
+
+def check_predictors(predictors: list[str]) -> list[str]:
+    unknown = [p for p in predictors if p not in CANDIDATES]
+    if unknown:
+        raise NomogramInputError(f"unknown predictor(s) {', '.join(unknown)}; choose from {', '.join(CANDIDATES)}")
+    if len(set(predictors)) != len(predictors):
+        raise NomogramInputError(f"predictor listed twice in {predictors}")
+    return predictors
+
+
+# ---------------------------------------------------------------------------------- analysis
+def univariable(rows: list[dict]) -> list[dict]:
+    """One logistic model per candidate (complete case for that candidate): OR per unit, 95% CI, p."""
+    from converters import stats
+
+    table = []
+    for name, c in CANDIDATES.items():
+        X, y, kept, missing = design(rows, [name])
+        row = {"name": name, "label": c["label"], "unit": c["unit"],
+               "per": "logit unit" if c["transform"] == "logit" else (c["unit"] or "unit"),
+               "n": len(kept), "missing": missing[name], "events": int(y.sum())}
+        try:
+            fit = stats.fit_logistic(X, y, [name])
+            t = fit.table()[1]
+            row.update({"odds_ratio": t["odds_ratio"], "or_ci": t["or_ci"], "p": t["p"], "coef": t["coef"],
+                        "se": t["se"], "auc": stats.roc_auc(y, X[:, 0]) if np.ptp(X[:, 0]) else None})
+        except stats.ModelInputError as exc:
+            row["error"] = str(exc)
+        table.append(row)
+    return table
+
+
+@dataclass
+class ModelResult:
+    predictors: list[str]
+    fit: object
+    X: np.ndarray
+    y: np.ndarray
+    rows: list[dict]
+    missing: dict
+
+
+def fit_model(rows: list[dict], predictors: list[str]) -> ModelResult:
+    from converters import stats
+
+    X, y, kept, missing = design(rows, predictors)
+    if len(kept) == 0:
+        raise NomogramInputError(f"no complete rows for predictors {predictors} (missing: {missing})")
+    try:
+        fit = stats.fit_logistic(X, y, predictors)
+    except stats.ModelInputError as exc:
+        raise NomogramInputError(f"cannot fit the model {' + '.join(predictors)} on {len(kept)} images: {exc}") from None
+    return ModelResult(predictors, fit, X, y, kept, missing)
+
+
+def axis_limits(model: ModelResult) -> dict[str, tuple[float, float]]:
+    """Nomogram axis per predictor: the development data's display range as rms::datadist sets it
+    (quantiles 10/n and 1 − 10/n, n >= 200), rounded outward to round numbers, inside the plausible
+    range (DL probability: 0.01–0.99)."""
+    out = {}
+    for j, name in enumerate(model.predictors):
+        c = CANDIDATES[name]
+        lo_r, hi_r = c["range"]
+        raw = np.array([float(r[c["source"]]) for r in model.rows])
+        if c["transform"] == "logit":
+            out[name] = (max(0.01, lo_r), min(0.99, hi_r))
+            continue
+        q = 10 / max(len(raw), 200)
+        lo, hi = (float(v) for v in np.quantile(raw, [q, 1 - q]))
+        if not hi > lo:
+            lo, hi = float(raw.min()), float(raw.max())
+        ticks = nice_ticks(lo, hi, 7)
+        step = ticks[1] - ticks[0] if len(ticks) > 1 else max(hi - lo, 1.0)
+        lo, hi = math.floor(lo / step) * step, math.ceil(hi / step) * step
+        if c["transform"] == "log":
+            lo = max(lo, float(raw.min()) / 2, 1e-6)
+        out[name] = (max(lo, lo_r), min(hi, hi_r))
+    return out
+
+
+def nomogram_spec(model: ModelResult, threshold: float) -> dict:
+    """The device contract (docs/CONTRACTS.md, "Nomogram")."""
+    preds = []
+    for i, name in enumerate(model.predictors):
+        c = CANDIDATES[name]
+        preds.append({"name": name, "source": c["source"], "transform": c["transform"],
+                      "coef": float(model.fit.coef[i + 1]), "label": c["label"], "unit": c["unit"],
+                      "range": list(c["range"])})
+    spec = {"schema": SCHEMA, "placeholder": False, "intercept": float(model.fit.coef[0]), "predictors": preds,
+            "points": points_scaling(preds, axis_limits(model)),
+            "threshold": float(threshold), "threshold_method": "youden_development",
+            "n_development": model.fit.n, "events_development": model.fit.events}
+    Nomogram(spec)  # the device's own validation must accept what we write
+    return spec
+
+
+def analyse(run_dir: str | Path, dataset=None, predictors: list[str] | None = None, bootstrap: int = 200,
+            seed: int = 0, backbone: str | None = None, write: bool = True, progress: bool = True) -> dict:
+    """The whole `noa-edge nomogram`. `dataset` is a path, a loaded Dataset, or None (RUN/run.json)."""
+    from converters import stats
+
+    run_dir = Path(run_dir)
+    predictors = check_predictors(list(predictors or DEFAULT_PREDICTORS))
+    dl_probs, chosen, run = read_oof(run_dir, backbone)
+    ds = dataset if hasattr(dataset, "labelled_images") else load_dataset_for(run_dir, run, dataset)
+    rows, flow = joined_rows(ds, dl_probs)
+    if not rows:
+        raise NomogramInputError(f"no image of {ds.root} has an out-of-fold prediction in {run_dir}/oof_predictions.csv "
+                                 "(do the image_id values match?)")
+    notes: list[str] = []
+    uni = univariable(rows)
+    significant = [u["name"] for u in uni if u.get("p") is not None and u["p"] < 0.05]
+    model = fit_model(rows, predictors)
+    notes += model.fit.warnings
+    X, y, kept = model.X, model.y, model.rows
+    patients = [r["patient_id"] for r in kept]
+    flow.update({"analysed_images": len(kept), "analysed_patients": len(set(patients)),
+                 "analysed_events": int(y.sum()), "excluded_missing": len(rows) - len(kept),
+                 "missing_by_predictor": model.missing})
+    lp = model.fit.linear_predictor(X)
+    prob = 1 / (1 + np.exp(-lp))
+    youden = stats.youden_threshold(y, prob)
+    spec = nomogram_spec(model, youden["threshold"])
+
+    # comparators on the same images
+    dl = np.array([r["dl_probability"] for r in kept])
+    scores = {"nomogram": prob, "dl_only": dl}
+    labels = {"nomogram": "Nomogram (" + " + ".join(CANDIDATES[p]["label"] for p in predictors) + ")",
+              "dl_only": "DL probability only (out-of-fold)"}
+    clinical = [p for p in CLINICAL_PREDICTORS]
+    try:
+        Xc = np.array([[_transformed(p, r) for p in clinical] for r in kept])
+        if any(r.get(CANDIDATES[p]["source"]) is None for r in kept for p in clinical):
+            raise ValueError("missing")
+        cfit = stats.fit_logistic(Xc, y, clinical)
+        scores["clinical_only"] = 1 / (1 + np.exp(-cfit.linear_predictor(Xc)))
+        labels["clinical_only"] = "Clinical only (FSH + volume + EDV, logistic)"
+    except (ValueError, stats.ModelInputError) as exc:
+        notes.append(f"clinical-only comparator not fitted: {exc}")
+    if all(r.get("fsh") is not None for r in kept):
+        scores["fsh_only"] = np.array([r["fsh"] for r in kept], float)
+        labels["fsh_only"] = "Serum FSH alone"
+    discrimination = {k: stats.delong_ci(y, s) for k, s in scores.items()}
+    comparisons = {k: stats.delong_paired_test(y, prob, s) for k, s in scores.items() if k != "nomogram"}
+    schoor_rows = [i for i, r in enumerate(kept) if r.get("fsh") is not None and r.get("length_cm") is not None]
+    schoor = None
+    if schoor_rows:
+        idx = np.array(schoor_rows)
+        rule = np.array([float(kept[i]["fsh"] > SCHOOR_FSH or kept[i]["length_cm"] <= SCHOOR_LONG_AXIS_CM)
+                         for i in idx])
+        schoor = {"n_images": len(idx), "rule": f"FSH > {SCHOOR_FSH} IU/L or long axis <= {SCHOOR_LONG_AXIS_CM} cm",
+                  "metrics": stats.classification_metrics(y[idx], rule, 0.5)}
+        if 0 < y[idx].sum() < len(idx):
+            schoor["auc"] = stats.delong_ci(y[idx], rule)
+            schoor["vs_nomogram"] = stats.delong_paired_test(y[idx], prob[idx], rule)
+
+    # Harrell bootstrap by patient
+    B = int(bootstrap)
+    validation = None
+    if B > 0:
+        validation = stats.bootstrap_validate(X, y, B=B, seed=seed, clusters=patients, fit=model.fit)
+        if validation["B_failed"]:
+            notes.append(f"{validation['B_failed']} of {B} bootstrap refits diverged (separation in the resample) "
+                         "and were dropped, as rms::validate does")
+    performance = {
+        "threshold": youden,
+        "at_threshold": stats.classification_metrics(y, prob, youden["threshold"]),
+        "dl_at_its_youden": stats.classification_metrics(y, dl, stats.youden_threshold(y, dl)["threshold"]),
+        "brier_apparent": stats.brier_score(y, prob),
+    }
+    dca = stats.decision_curve(y, {k: v for k, v in scores.items() if k != "fsh_only"})
+    table1 = characteristics(ds, dl_probs)
+    report = {
+        "schema": "noa-edge.nomogram-report/1", "run": str(run_dir), "dataset": str(ds.root),
+        "dataset_name": ds.meta.get("name"), "source_kind": (ds.meta.get("source") or {}).get("kind"),
+        "synthetic_demo": (ds.meta.get("source") or {}).get("kind") == "phantom",
+        "backbone": chosen, "unit_of_analysis": "testis image (one ultrasound image of one testis; FSH is the patient's)",
+        "missing_data": "complete case on the model's predictors",
+        "flow": flow, "table1": table1, "univariable": uni, "univariable_significant": significant,
+        "model": {"predictors": predictors, "labels": {p: CANDIDATES[p]["label"] for p in predictors},
+                  **model.fit.summary(), "epv": min(model.fit.events, model.fit.n - model.fit.events) / len(predictors)},
+        "nomogram": spec, "discrimination": discrimination, "labels": labels, "comparisons": comparisons,
+        "schoor_rule": schoor, "performance": performance, "validation": validation, "decision_curve": dca,
+        "notes": notes, "methods": METHODS,
+    }
+    if write:
+        write_outputs(run_dir, report, y, scores, spec)
+    return report
+
+
+METHODS = {
+    "model": "Unpenalised maximum-likelihood logistic regression (Newton-Raphson; standard errors from the inverse "
+             "information matrix), identical to R rms::lrm. Odds ratios with Wald 95% CIs.",
+    "auc": "Area under the ROC curve (Mann-Whitney, ties 1/2) with the DeLong 95% CI, identical to "
+           "pROC::ci.auc(method='delong'); paired comparisons by DeLong's test as pROC::roc.test(paired=TRUE).",
+    "threshold": "Youden index (max sensitivity + specificity - 1) on the development data, pre-specified for later "
+                 "validation; positive = probability >= threshold.",
+    "proportions": "Accuracy, sensitivity, specificity, PPV, NPV with Clopper-Pearson exact 95% CIs (R binom.test).",
+    "validation": "Harrell's optimism bootstrap as rms::validate: B refits on resamples of patients (both testes of a "
+                  "patient stay together), indexes on the resample minus on the original data = optimism; corrected = "
+                  "apparent - mean optimism. Calibration curves as rms::calibrate (lowess, bias-corrected).",
+    "dca": "Net benefit = TP/n - FP/n x pt/(1-pt) over threshold probabilities (Vickers & Elkin 2006).",
+    "table1": "Patient-level variables per patient, testis variables per image. Continuous: Shapiro-Wilk in every group "
+              "-> Welch t / ANOVA, else Mann-Whitney U / Kruskal-Wallis. Categorical: chi-squared, Fisher exact for 2x2 "
+              "with expected counts < 5.",
+    "clustering": "The two testes of a patient are correlated; DeLong CIs treat images as independent (slightly narrow); "
+                  "the bootstrap resamples patients.",
+}
+
+
+def characteristics(ds, dl_probs: dict[str, float]) -> dict:
+    """Table 1: OA / NOA / controls, patient variables per patient and testis variables per image."""
+    from converters import stats
+
+    groups = ("OA", "NOA", "control")
+    group_of = {p["patient_id"]: p["group"] for p in ds.patients}
+    rows = []
+    for var in ("age", "fsh", "lh", "testosterone", "inhibin_b"):
+        by = {g: [p[var] for p in ds.patients if p["group"] == g] for g in groups}
+        rows.append(_table1_row(var, "patient", by, stats))
+    for var in ("length_cm", "width_cm", "height_cm", "volume_ml", "psv_cm_s", "edv_cm_s", "ri"):
+        by = {g: [i[var] for i in ds.images if group_of[i["patient_id"]] == g] for g in groups}
+        rows.append(_table1_row(var, "image", by, stats))
+    by = {g: [dl_probs.get(i["image_id"]) for i in ds.images if group_of[i["patient_id"]] == g] for g in ("OA", "NOA")}
+    rows.append(_table1_row("dl_probability", "image", by, stats, label="DL probability (out-of-fold)"))
+    side = {g: [i["side"] for i in ds.images if group_of[i["patient_id"]] == g] for g in groups}
+    cat = stats.compare_categorical(side)
+    counts = {g: {"patients": sum(1 for p in ds.patients if p["group"] == g),
+                  "images": sum(1 for i in ds.images if group_of[i["patient_id"]] == g)} for g in groups}
+    return {"counts": counts, "continuous": rows, "categorical": [{"name": "side", "label": "Side (L/R)", **cat}]}
+
+
+def _table1_row(var, level, by, stats, label=None):
+    present = {g: v for g, v in by.items() if v}
+    res3 = stats.compare_continuous(present)
+    two = {g: present[g] for g in ("OA", "NOA") if g in present}
+    res2 = stats.compare_continuous(two) if len(two) == 2 else {"test": None, "p": None}
+    c = CANDIDATES.get(var, {})
+    return {"name": var, "label": label or c.get("label", var.replace("_", " ")), "unit": c.get("unit", ""),
+            "level": level, "groups": res3["groups"], "test_all_groups": res3["test"], "p_all_groups": res3["p"],
+            "test_oa_vs_noa": res2["test"], "p_oa_vs_noa": res2["p"]}
+
+
+# ------------------------------------------------------------------------------------ outputs
+def write_outputs(run_dir: Path, report: dict, y: np.ndarray, scores: dict, spec: dict) -> None:
+    from converters import report_html
+
+    (run_dir / "nomogram.json").write_text(json.dumps(spec, indent=2))
+    figures = make_figures(run_dir, report, y, scores, spec)
+    report["files"] = {"nomogram_json": "nomogram.json", "report_html": "report.html",
+                       **{k: str(Path(v).relative_to(run_dir)) for k, v in figures.items()}}
+    (run_dir / "report.json").write_text(json.dumps(_jsonable(report), indent=2, allow_nan=False))
+    (run_dir / "report.html").write_text(report_html.render(report, figures))
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.floating, float)):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+def draw_nomogram(nomo: Nomogram, path_png: Path, path_svg: Path) -> None:
+    """rms::nomogram layout with matplotlib, from the same geometry the device SVG uses."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lay = nomo.layout()
+    rows = lay["rows"]
+    total_max = lay["total_max"] or 1.0
+    fig, ax = plt.subplots(figsize=(9, 0.62 * len(rows) + 0.6))
+    for i, row in enumerate(rows):
+        yv = len(rows) - i
+        scale = 100.0 / total_max if row["kind"] in ("total", "probability") else 1.0
+        xs = [tp * scale for tp, _ in row["ticks"]]
+        if "span" in row:
+            x0, x1 = (v * scale for v in row["span"])
+        else:
+            x0, x1 = (min(xs), max(xs)) if xs else (0, 0)
+        ax.plot([x0, x1], [yv, yv], color="black", lw=1)
+        for x, (_, text) in zip(xs, row["ticks"]):
+            ax.plot([x, x], [yv, yv + 0.12], color="black", lw=0.8)
+            ax.text(x, yv + 0.17, text, ha="center", va="bottom", fontsize=7)
+        ax.text(-3, yv, row["label"], ha="right", va="center", fontsize=8.5, fontweight="bold")
+    ax.set_xlim(-48, 104)
+    ax.set_ylim(0.4, len(rows) + 0.7)
+    ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path_png, dpi=150)
+    fig.savefig(path_svg)
+    plt.close(fig)
+
+
+def make_figures(run_dir: Path, report: dict, y, scores: dict, spec: dict) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from converters import stats
+
+    figdir = run_dir / "figures"
+    figdir.mkdir(exist_ok=True)
+    out = {"nomogram_png": run_dir / "nomogram.png", "nomogram_svg": run_dir / "nomogram.svg"}
+    draw_nomogram(Nomogram(spec), out["nomogram_png"], out["nomogram_svg"])
+
+    fig, ax = plt.subplots(figsize=(5.2, 5))
+    for k, s in scores.items():
+        rc = stats.roc_curve(y, s)
+        auc = report["discrimination"][k]
+        ax.plot(1 - rc["specificity"], rc["sensitivity"], lw=1.6,
+                label=f"{report['labels'][k]}: AUC {auc['auc']:.3f} ({auc['ci'][0]:.3f}-{auc['ci'][1]:.3f})")
+    sch = report.get("schoor_rule")
+    if sch:
+        m = sch["metrics"]
+        ax.plot(1 - m["specificity"]["value"], m["sensitivity"]["value"], "ks", label="Schoor 2002 rule")
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("Sensitivity")
+    ax.legend(fontsize=6.5, loc="lower right")
+    ax.set_title("ROC (development, apparent; DL out-of-fold)", fontsize=9)
+    fig.tight_layout()
+    out["roc_png"] = figdir / "roc.png"
+    fig.savefig(out["roc_png"], dpi=130)
+    plt.close(fig)
+
+    val = report.get("validation")
+    if val and "calibration" in val:
+        cal = val["calibration"]
+        fig, ax = plt.subplots(figsize=(5, 5))
+        ax.plot([0, 1], [0, 1], color="grey", ls=":", label="Ideal")
+        ax.plot(cal["predicted"], cal["apparent"], lw=1.5, label="Apparent")
+        ax.plot(cal["predicted"], cal["bias_corrected"], lw=1.5, label=f"Bias-corrected (B = {cal['B']})")
+        ax.set_xlabel("Predicted probability of NOA")
+        ax.set_ylabel("Observed proportion")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=8, loc="upper left")
+        ax.set_title(f"Calibration (mean absolute error {cal['mean_absolute_error']:.3f})", fontsize=9)
+        fig.tight_layout()
+        out["calibration_png"] = figdir / "calibration.png"
+        fig.savefig(out["calibration_png"], dpi=130)
+        plt.close(fig)
+
+    dca = report["decision_curve"]
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    pt = dca["thresholds"]
+    for k, nb in dca["models"].items():
+        ax.plot(pt, nb, lw=1.5, label=report["labels"][k])
+    ax.plot(pt, dca["treat_all"], color="grey", lw=1, label="Treat all")
+    ax.plot(pt, dca["treat_none"], color="black", lw=1, label="Treat none")
+    prev = float(np.mean(y))
+    ax.set_ylim(-0.05, prev + 0.05)
+    ax.set_xlabel("Threshold probability")
+    ax.set_ylabel("Net benefit")
+    ax.legend(fontsize=7)
+    ax.set_title("Decision curve", fontsize=9)
+    fig.tight_layout()
+    out["dca_png"] = figdir / "decision_curve.png"
+    fig.savefig(out["dca_png"], dpi=130)
+    plt.close(fig)
+    return out
+
+
+# ------------------------------------------------------------------------------------ evaluate
+def read_prob_csv(path: Path) -> dict[str, float]:
+    """A precomputed DL probability source: CSV with image_id and prob columns."""
+    path = Path(path)
+    if not path.is_file():
+        raise NomogramInputError(f"{path}: no such file")
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        for col in ("image_id", "prob"):
+            if col not in (reader.fieldnames or []):
+                raise NomogramInputError(f"{path}: missing column {col!r}")
+        out = {}
+        for line, r in enumerate(reader, start=2):
+            try:
+                out[r["image_id"]] = float(r["prob"])
+            except ValueError:
+                raise NomogramInputError(f"{path}: row {line}, column prob: {r['prob']!r} is not a number") from None
+    return out
+
+
+def load_frozen(source: Path) -> tuple[dict, str]:
+    """nomogram dict and the kind of source: "bundle" (verified with edge.bundle.load) or "run"."""
+    source = Path(source)
+    if (source / "manifest.json").is_file():
+        from edge.bundle import BundleError, load
+
+        try:
+            return load(source).nomogram, "bundle"
+        except BundleError as exc:
+            raise NomogramInputError(str(exc)) from None
+    if (source / "nomogram.json").is_file():
+        return json.loads((source / "nomogram.json").read_text()), "run"
+    raise NomogramInputError(f"{source}: neither a bundle (manifest.json) nor a run with nomogram.json "
+                             "(run `noa-edge nomogram RUN` first)")
+
+
+def score_images_with_keras(run_dir: Path, ds, rows: list[dict], progress: bool = True) -> dict[str, float]:
+    """DL probabilities from RUN/model.keras on ROIs cropped exactly as on the device."""
+    from converters import require_train_extra
+    from edge.preprocess import crop_roi
+
+    require_train_extra("tensorflow")
+    import keras
+    from tqdm import tqdm
+
+    path = run_dir / "model.keras"
+    if not path.is_file():
+        raise NomogramInputError(f"{path}: missing; pass --dl-probs CSV or a run with a trained model")
+    model = keras.models.load_model(path, compile=False)
+    size = int(model.inputs[0].shape[1])
+    names = list(getattr(model, "output_names", None) or [])
+    out = {}
+    batch = 16
+    for start in tqdm(range(0, len(rows), batch), desc="scoring images (keras)", disable=not progress):
+        chunk = rows[start:start + batch]
+        x = np.stack([crop_roi(ds.read_image(r), r["roi"], size) for r in chunk])
+        pred = model(x, training=False)
+        if isinstance(pred, dict):
+            prob = pred["prob"]
+        elif isinstance(pred, (list, tuple)):
+            if "prob" not in names:
+                raise NomogramInputError(f"{path}: no output named 'prob' (outputs: {names})")
+            prob = pred[names.index("prob")]
+        else:
+            prob = pred
+        for r, p in zip(chunk, np.asarray(prob).reshape(len(chunk), -1)[:, 0]):
+            out[r["image_id"]] = float(p)
+    return out
+
+
+def score_images_with_bundle(bundle_dir: Path, ds, rows: list[dict], variant: str | None = None,
+                             progress: bool = True) -> dict[str, float]:
+    """DL probabilities from the bundle's CPU variant (or `variant`) through the device runtime."""
+    from tqdm import tqdm
+
+    from edge.bundle import BundleError, load
+    from edge.preprocess import crop_roi
+
+    try:
+        runner = load(bundle_dir).runner(target="cpu", variant=variant)
+    except BundleError as exc:
+        raise NomogramInputError(str(exc)) from None
+    size = int(runner.input_shape[1])
+    out = {}
+    for r in tqdm(rows, desc=f"scoring images ({runner.variant})", disable=not progress):
+        prob, _ = runner.run(crop_roi(ds.read_image(r), r["roi"], size))
+        out[r["image_id"]] = float(prob)
+    return out
+
+
+def evaluate(source: str | Path, dataset, dl_probs: str | Path | None = None, variant: str | None = None,
+             progress: bool = True) -> dict:
+    """External validation of a frozen model + nomogram: no refit, the development threshold carried over."""
+    from converters import stats
+    from converters.dataset import load_dataset
+
+    source = Path(source)
+    spec, kind = load_frozen(source)
+    try:
+        nomo = Nomogram(spec)
+    except NomogramError as exc:
+        raise NomogramInputError(f"{source}: {exc}") from None
+    ds = dataset if hasattr(dataset, "labelled_images") else load_dataset(Path(dataset), check_images=dl_probs is None)
+    rows = ds.labelled_images(include_controls=False)
+    if dl_probs is not None:
+        probs = read_prob_csv(Path(dl_probs))
+        prob_source = f"precomputed ({dl_probs})"
+    elif kind == "run":
+        probs = score_images_with_keras(source, ds, rows, progress)
+        prob_source = f"{source / 'model.keras'} (keras)"
+    else:
+        probs = score_images_with_bundle(source, ds, rows, variant, progress)
+        prob_source = f"{source} (bundle, device runtime)"
+    scored, excluded = [], {}
+    for r in rows:
+        if r["image_id"] not in probs:
+            excluded["no DL probability"] = excluded.get("no DL probability", 0) + 1
+            continue
+        values = {**r, "dl_probability": probs[r["image_id"]]}
+        try:
+            res = nomo.predict(values)
+        except NomogramError as exc:
+            reason = str(exc).split(";")[0]
+            reason = "missing input" if "missing" in reason else "input outside plausible range"
+            excluded[reason] = excluded.get(reason, 0) + 1
+            continue
+        scored.append((r, res, probs[r["image_id"]]))
+    if not scored:
+        raise NomogramInputError(f"no image of {ds.root} could be scored (excluded: {excluded})")
+    y = np.array([r["label"] for r, _, _ in scored])
+    p = np.array([res["probability"] for _, res, _ in scored])
+    lp = np.array([res["lp"] for _, res, _ in scored])
+    dl = np.array([d for _, _, d in scored])
+    if y.min() == y.max():
+        raise NomogramInputError(f"{ds.root}: the scored images are all {'NOA' if y[0] else 'OA'}: no AUC")
+    auc = stats.delong_ci(y, p)
+    dl_auc = stats.delong_ci(y, dl)
+    at = stats.classification_metrics(y, p, nomo.threshold)
+    cal = stats.calibration_in_the_large_and_slope(y, lp)
+    result = {
+        "schema": "noa-edge.evaluation/1", "source": str(source), "source_kind": kind, "dl_probabilities": prob_source,
+        "dataset": str(ds.root), "synthetic_demo": (ds.meta.get("source") or {}).get("kind") == "phantom",
+        "auc": auc["auc"], "auc_ci": auc["ci"], "dl_auc": dl_auc["auc"], "dl_auc_ci": dl_auc["ci"],
+        "nomogram_vs_dl": stats.delong_paired_test(y, p, dl),
+        "threshold": nomo.threshold, "threshold_method": nomo.threshold_method,
+        "sensitivity": at["sensitivity"]["value"], "sensitivity_ci": at["sensitivity"]["ci"],
+        "specificity": at["specificity"]["value"], "specificity_ci": at["specificity"]["ci"],
+        "accuracy": at["accuracy"]["value"], "accuracy_ci": at["accuracy"]["ci"],
+        "ppv": at["ppv"]["value"], "npv": at["npv"]["value"], "table": at["table"],
+        **cal, "brier": stats.brier_score(y, p),
+        "n_images": len(scored), "n_patients": len({r["patient_id"] for r, _, _ in scored}),
+        "n_events": int(y.sum()), "excluded": excluded,
+        "unit_of_analysis": "testis image", "refit": False,
+    }
+    return _jsonable(result)
+
+
+# ------------------------------------------------------------------------------------ CLI
+def register(app) -> None:
+    """Add `noa-edge nomogram` and `noa-edge evaluate`."""
+    import typer
+
+    @app.command("nomogram")
+    def nomogram_cmd(
+        run: Path = typer.Argument(..., help="Training run directory (oof_predictions.csv, run.json)."),
+        dataset: Path = typer.Option(None, "--dataset", help="Dataset directory (default: run.json 'dataset')."),
+        predictors: str = typer.Option(",".join(DEFAULT_PREDICTORS), "--predictors",
+                                       help=f"Comma-separated model predictors from: {', '.join(CANDIDATES)}; "
+                                            "'significant' = those with univariable p < 0.05."),
+        bootstrap: int = typer.Option(200, "--bootstrap", help="Bootstrap resamples for internal validation (0 = none)."),
+        seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+        backbone: str = typer.Option(None, "--backbone", help="Backbone whose OOF probabilities to use "
+                                                               "(default: run.json selected_backbone)."),
+    ):
+        """Fit the nomogram on out-of-fold DL probabilities + clinical data; write nomogram.json and the report."""
+        from converters.dataset import DatasetError
+        from converters.stats import ModelInputError
+
+        try:
+            if bootstrap < 0:
+                raise NomogramInputError(f"--bootstrap must be >= 0, got {bootstrap}")
+            if predictors.strip() == "significant":
+                rows = _rows_for_cli(run, dataset, backbone)
+                names = [u["name"] for u in univariable(rows) if u.get("p") is not None and u["p"] < 0.05]
+                if not names:
+                    raise NomogramInputError("no candidate has univariable p < 0.05")
+            else:
+                names = [p.strip() for p in predictors.split(",") if p.strip()]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                rep = analyse(run, dataset=dataset, predictors=names, bootstrap=bootstrap, seed=seed, backbone=backbone)
+        except (NomogramInputError, DatasetError, ModelInputError, NomogramError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        d = rep["discrimination"]["nomogram"]
+        typer.echo(f"nomogram ({' + '.join(rep['model']['predictors'])}) on {rep['flow']['analysed_images']} images / "
+                   f"{rep['flow']['analysed_patients']} patients: AUC {d['auc']:.3f} "
+                   f"(95% CI {d['ci'][0]:.3f}-{d['ci'][1]:.3f})")
+        for k, c in rep["comparisons"].items():
+            typer.echo(f"  vs {k}: AUC {c['auc2']:.3f}, DeLong p = {c['p']:.3g}")
+        if rep["schoor_rule"] and "vs_nomogram" in rep["schoor_rule"]:
+            typer.echo(f"  vs Schoor rule: AUC {rep['schoor_rule']['auc']['auc']:.3f}, "
+                       f"DeLong p = {rep['schoor_rule']['vs_nomogram']['p']:.3g}")
+        if rep["validation"]:
+            v = rep["validation"]["indexes"]
+            typer.echo(f"  bootstrap (B={rep['validation']['B_used']}): optimism-corrected C {v['C']['corrected']:.3f}, "
+                       f"slope {v['Slope']['corrected']:.3f}, Brier {v['Brier']['corrected']:.3f}")
+        for note in rep["notes"]:
+            typer.echo(f"  warning: {note}")
+        typer.echo(f"wrote {run / 'nomogram.json'}, {run / 'report.html'}, {run / 'report.json'}")
+
+    @app.command("evaluate")
+    def evaluate_cmd(
+        source: Path = typer.Argument(..., help="Firmware bundle directory or training run directory."),
+        dataset: Path = typer.Argument(..., help="Dataset directory of the new cohort."),
+        json_out: Path = typer.Option(None, "--json", help="Write the numbers to this JSON file."),
+        dl_probs: Path = typer.Option(None, "--dl-probs", help="CSV image_id,prob with precomputed DL probabilities "
+                                                                "(skips running the network)."),
+        variant: str = typer.Option(None, "--variant", help="Bundle model variant (default: the bundle's CPU default)."),
+    ):
+        """Score a frozen model + nomogram on a new cohort (no refit; threshold carried over)."""
+        from converters import TrainExtraMissing
+        from converters.dataset import DatasetError
+        from edge.runtime import ModelError, RuntimeUnavailable
+
+        try:
+            res = evaluate(source, dataset, dl_probs=dl_probs, variant=variant)
+        except (NomogramInputError, DatasetError, NomogramError, ModelError, RuntimeUnavailable,
+                TrainExtraMissing) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        typer.echo(f"{res['n_images']} images / {res['n_patients']} patients: AUC {res['auc']:.3f} "
+                   f"(95% CI {res['auc_ci'][0]:.3f}-{res['auc_ci'][1]:.3f}); DL alone {res['dl_auc']:.3f}; "
+                   f"at threshold {res['threshold']:.3f}: sensitivity {res['sensitivity']:.3f}, specificity "
+                   f"{res['specificity']:.3f}; calibration slope {res['calibration_slope']:.2f}, "
+                   f"in-the-large {res['calibration_in_the_large']:.2f}")
+        if res["excluded"]:
+            typer.echo(f"  excluded: {res['excluded']}")
+        if json_out:
+            json_out.write_text(json.dumps(res, indent=2))
+            typer.echo(f"wrote {json_out}")
+
+
+def _rows_for_cli(run: Path, dataset, backbone):
+    probs, _, run_json = read_oof(Path(run), backbone)
+    ds = load_dataset_for(Path(run), run_json, dataset)
+    return joined_rows(ds, probs)[0]
