@@ -54,10 +54,12 @@ def version() -> None:
 @app.command()
 def demo(out: str = typer.Option("out/demo-cohort", help="Where the demo cohort goes.")) -> None:
     """The main job on the embedded demo bundle (what `make demo` runs)."""
-    from converters.phantom import simulate_cohort
+    from pathlib import Path
 
-    path = simulate_cohort(out, n_oa=6, n_noa=6, n_controls=2, seed=7)
-    typer.echo(f"phantom demo cohort written to {path}")
+    from converters.phantom import simulate
+
+    simulate(Path(out), n_oa=6, n_noa=6, n_controls=2, seed=7, external=0, overwrite=True)
+    typer.echo(f"phantom demo cohort written to {out}")
 
 
 _register_all()
