@@ -52,14 +52,11 @@ def version() -> None:
 
 
 @app.command()
-def demo(out: str = typer.Option("out/demo-cohort", help="Where the demo cohort goes.")) -> None:
-    """The main job on the embedded demo bundle (what `make demo` runs)."""
-    from pathlib import Path
+def demo(port: int = typer.Option(8080, help="Port of the local result page.")) -> None:
+    """The main job on the embedded demo bundle: the daemon on the phantom cine (what `make demo` runs)."""
+    from edge.server import run_demo
 
-    from converters.phantom import simulate
-
-    simulate(Path(out), n_oa=6, n_noa=6, n_controls=2, seed=7, external=0, overwrite=True)
-    typer.echo(f"phantom demo cohort written to {out}")
+    run_demo(port=port)
 
 
 _register_all()

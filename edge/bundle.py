@@ -1,0 +1,321 @@
+"""Firmware bundle: the one contract between the host toolchain and the device.
+
+A bundle is a folder (`firmware_assets/NAME/`) with model variants, a model card, the fidelity
+report and `manifest.json` (schema in docs/CONTRACTS.md). The device loads a bundle and nothing
+else, and only after every file matches the size and sha256 the manifest records: a byte flipped
+on an SD card, a copy cut short or a file from another build must stop the cart with a message
+that names the file, never produce a probability.
+
+`manifest_sha256` (sha256 of the manifest's canonical JSON without that key) also catches edits to
+the manifest itself, e.g. a hand-changed threshold. It guards against accidents, not attackers:
+there is no signature.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+FIDELITY = "fidelity.json"
+PREFLIGHT = "edgetpu_preflight.json"
+VARIANT_TARGETS = {"fp32": "cpu", "fp16": "cpu", "int8": "coral", "edgetpu": "coral", "onnx": "jetson"}
+REQUIRED_KEYS = ("schema_version", "name", "created", "synthetic_demo", "intended_use", "labels", "input",
+                 "outputs", "variants", "default_variant", "nomogram", "nomogram_sha256", "threshold",
+                 "provenance", "files")
+DEFAULT_BUNDLE_ENV = "NOA_EDGE_BUNDLE"
+
+
+class BundleError(ValueError):
+    """The bundle is missing, tampered, truncated or from an incompatible schema; `.problems` lists why."""
+
+    def __init__(self, path: Path, problems: list[str]):
+        self.path = Path(path)
+        self.problems = problems
+        super().__init__(f"bundle {self.path} refused:\n  " + "\n  ".join(problems))
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def canonical_json(obj) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def sha256_json(obj) -> str:
+    return hashlib.sha256(canonical_json(obj)).hexdigest()
+
+
+def manifest_digest(manifest: dict) -> str:
+    return sha256_json({k: v for k, v in manifest.items() if k != "manifest_sha256"})
+
+
+def default_bundle_path() -> Path:
+    """$NOA_EDGE_BUNDLE, else the demo bundle shipped in the source tree."""
+    env = os.environ.get(DEFAULT_BUNDLE_ENV)
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "firmware_assets" / "demo-phantom"
+
+
+# --------------------------------------------------------------------------------------------
+# Writing (host side, called by converters.convert)
+
+
+def finalize_manifest(bundle_dir: str | Path, manifest: dict) -> dict:
+    """Fill sizes and sha256 of every variant and file in `bundle_dir`, the nomogram and manifest
+    digests, and write manifest.json. Every other file in the folder is listed under "files"."""
+    root = Path(bundle_dir)
+    manifest = dict(manifest)
+    manifest["schema_version"] = SCHEMA_VERSION
+    variant_files = set()
+    for spec in manifest["variants"].values():
+        path = root / spec["file"]
+        spec["size"] = path.stat().st_size
+        spec["sha256"] = sha256_file(path)
+        variant_files.add(spec["file"])
+    manifest["files"] = {
+        p.relative_to(root).as_posix(): sha256_file(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != MANIFEST and p.relative_to(root).as_posix() not in variant_files
+    }
+    manifest["nomogram_sha256"] = sha256_json(manifest["nomogram"])
+    manifest.pop("manifest_sha256", None)
+    manifest["manifest_sha256"] = manifest_digest(manifest)
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and verifying (device side)
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest: dict
+
+    @property
+    def name(self) -> str:
+        return self.manifest["name"]
+
+    @property
+    def synthetic_demo(self) -> bool:
+        return bool(self.manifest["synthetic_demo"])
+
+    @property
+    def threshold(self) -> float:
+        return float(self.manifest["threshold"])
+
+    @property
+    def nomogram(self) -> dict:
+        return self.manifest["nomogram"]
+
+    @property
+    def input_size(self) -> int:
+        return int(self.manifest["input"]["shape"][1])
+
+    @property
+    def variants(self) -> dict:
+        return self.manifest["variants"]
+
+    def file(self, relative: str) -> Path:
+        return self.path / relative
+
+    def fidelity(self) -> dict | None:
+        path = self.path / FIDELITY
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def preflight(self) -> dict | None:
+        path = self.path / PREFLIGHT
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def choose_variant(self, target: str = "cpu", variant: str | None = None) -> str:
+        """The variant to run: an explicit one, else the manifest's default for the target."""
+        if variant:
+            if variant not in self.variants:
+                raise BundleError(self.path, [f"{MANIFEST}: no variant {variant!r} "
+                                              f"(available: {', '.join(self.variants)})"])
+            return variant
+        chosen = self.manifest["default_variant"].get(target)
+        if chosen in self.variants:
+            return chosen
+        for fallback in ("int8", "fp32") if target == "coral" else ("fp16", "fp32"):
+            if fallback in self.variants:
+                return fallback
+        raise BundleError(self.path, [f"{MANIFEST}: no runnable variant for target {target!r}"])
+
+    def runner(self, target: str = "cpu", variant: str | None = None, num_threads: int | None = None,
+               runtime: str = "auto"):
+        """A `edge.runtime.ModelRunner` on the chosen TFLite variant."""
+        from edge.runtime import ModelRunner
+
+        name = self.choose_variant(target, variant)
+        spec = self.variants[name]
+        if not spec["file"].endswith(".tflite"):
+            raise BundleError(self.path, [f"{spec['file']}: variant {name!r} is not a TFLite model "
+                                          "(ONNX is for TensorRT on Jetson, see the bundle README)"])
+        return ModelRunner(self.path / spec["file"], variant=name, num_threads=num_threads, runtime=runtime)
+
+
+def verify(path: str | Path) -> list[str]:
+    """Every problem found in the bundle at `path` (empty list = valid). Never raises on bad content."""
+    root = Path(path)
+    if not root.is_dir():
+        return [f"{root}: not a folder (a bundle is a folder with {MANIFEST})"]
+    manifest_path = root / MANIFEST
+    if not manifest_path.is_file():
+        return [f"{MANIFEST}: missing in {root}"]
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return [f"{MANIFEST}: not valid JSON ({exc})"]
+    if not isinstance(manifest, dict):
+        return [f"{MANIFEST}: top level must be an object"]
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        return [f"{MANIFEST}: schema_version {version!r} is not supported by this noa-edge "
+                f"(it reads schema_version {SCHEMA_VERSION}); convert the model again or update noa-edge"]
+    problems = [f"{MANIFEST}: missing key {key!r}" for key in REQUIRED_KEYS if key not in manifest]
+    if problems:
+        return problems
+    if "manifest_sha256" in manifest and manifest["manifest_sha256"] != manifest_digest(manifest):
+        problems.append(f"{MANIFEST}: content changed after the bundle was built (manifest_sha256 mismatch)")
+    if not isinstance(manifest["variants"], dict) or not manifest["variants"]:
+        problems.append(f"{MANIFEST}: 'variants' must be a non-empty object")
+        return problems
+    for name, spec in manifest["variants"].items():
+        where = f"(variants.{name} in {MANIFEST})"
+        if not isinstance(spec, dict) or not all(k in spec for k in ("file", "size", "sha256")):
+            problems.append(f"{MANIFEST}: variants.{name} needs file, size and sha256")
+            continue
+        problems += _check_file(root, spec["file"], spec["sha256"], spec["size"], where)
+    if not isinstance(manifest["files"], dict):
+        problems.append(f"{MANIFEST}: 'files' must map file names to sha256")
+    else:
+        for rel, digest in manifest["files"].items():
+            problems += _check_file(root, rel, digest, None, f"(files in {MANIFEST})")
+    if sha256_json(manifest["nomogram"]) != manifest["nomogram_sha256"]:
+        problems.append(f"{MANIFEST}: embedded nomogram does not match nomogram_sha256")
+    for key in manifest["default_variant"].values():
+        if key not in manifest["variants"]:
+            problems.append(f"{MANIFEST}: default_variant names {key!r}, which is not among the variants")
+    if not isinstance(manifest["threshold"], (int, float)) or not 0.0 <= manifest["threshold"] <= 1.0:
+        problems.append(f"{MANIFEST}: threshold {manifest['threshold']!r} is not a probability in [0, 1]")
+    return problems
+
+
+def _check_file(root: Path, relative: str, digest: str, size: int | None, where: str) -> list[str]:
+    path = root / relative
+    if not path.resolve().is_relative_to(root.resolve()):
+        return [f"{relative}: points outside the bundle {where}"]
+    if not path.is_file():
+        return [f"{relative}: missing {where}"]
+    actual_size = path.stat().st_size
+    if size is not None and actual_size != size:
+        kind = "truncated" if actual_size < size else "larger than built"
+        return [f"{relative}: {kind}: {actual_size} bytes, manifest says {size} {where}"]
+    if sha256_file(path) != digest:
+        return [f"{relative}: sha256 mismatch, the file was altered or corrupted {where}"]
+    return []
+
+
+def load(path: str | Path | None = None) -> Bundle:
+    """Verified bundle, or BundleError naming every bad file. None = the default bundle."""
+    root = Path(path) if path is not None else default_bundle_path()
+    problems = verify(root)
+    if problems:
+        raise BundleError(root, problems)
+    return Bundle(root, json.loads((root / MANIFEST).read_text()))
+
+
+# --------------------------------------------------------------------------------------------
+# CLI: noa-edge bundle verify / info
+
+
+def describe(bundle: Bundle) -> list[str]:
+    """Human-readable summary lines (what `noa-edge bundle info` prints)."""
+    m = bundle.manifest
+    lines = [f"bundle      {bundle.name}  ({bundle.path})", f"created     {m['created']}"]
+    if bundle.synthetic_demo:
+        lines.append("SYNTHETIC DEMO: trained on a phantom cohort, not for diagnosis")
+    lines.append(f"intended    {m['intended_use']}")
+    inp = m["input"]
+    lines.append(f"input       {inp['shape']} {inp['dtype']} raw RGB pixels; outputs {m['outputs']}")
+    lines.append("variants")
+    for name, spec in m["variants"].items():
+        quant = spec.get("input", {})
+        q = f" in: {quant.get('dtype')} scale={quant.get('scale')} zp={quant.get('zero_point')}" if quant else ""
+        lines.append(f"  {name:8s} {spec['file']:28s} {spec.get('target', ''):7s} {spec.get('dtype', ''):8s} "
+                     f"{spec['size'] / 1e6:7.2f} MB  sha256 {spec['sha256'][:12]}{q}")
+    lines.append(f"defaults    {m['default_variant']}")
+    nomo = m["nomogram"]
+    tag = "PLACEHOLDER (not fitted)" if nomo.get("placeholder") else "fitted"
+    lines.append(f"nomogram    {tag}; predictors {[p.get('name') for p in nomo.get('predictors', [])]}; "
+                 f"sha256 {m['nomogram_sha256'][:12]}")
+    lines.append(f"threshold   {m['threshold']}" + (f" ({m.get('threshold_source')})" if m.get("threshold_source") else ""))
+    prov = m["provenance"]
+    lines.append("provenance  " + ", ".join(f"{k}={v}" for k, v in prov.items()))
+    fidelity = bundle.fidelity()
+    if fidelity:
+        lines.append(f"fidelity vs Keras on {fidelity.get('n_rois')} held-out ROIs "
+                     f"(threshold {fidelity.get('threshold')})")
+        lines.append(f"  {'variant':8s} {'AUC':>7s} {'dAUC':>8s} {'agree':>7s} {'mean|dp|':>9s} {'max|dp|':>9s} {'CAM r':>7s}")
+        for name, f in fidelity.get("variants", {}).items():
+            lines.append(f"  {name:8s} {_num(f.get('auc'), 4):>7s} {_num(f.get('delta_auc'), 4):>8s} "
+                         f"{_num(f.get('agreement'), 4):>7s} {_num(f.get('mean_abs_dprob'), 5):>9s} "
+                         f"{_num(f.get('max_abs_dprob'), 5):>9s} {_num(f.get('cam_r'), 4):>7s}")
+    preflight = bundle.preflight()
+    if preflight:
+        lines.append(f"edge tpu    {preflight.get('verdict')}")
+    return lines
+
+
+def _num(value, digits: int) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def register(app) -> None:
+    import typer
+
+    bundle_app = typer.Typer(help="Check and describe firmware bundles (firmware_assets/NAME).",
+                             no_args_is_help=True)
+
+    @bundle_app.command("verify")
+    def verify_command(path: Path = typer.Argument(..., help="Bundle folder, e.g. firmware_assets/demo-phantom")) -> None:
+        """Check the schema and every file's size and sha256; exit 1 naming each bad file."""
+        problems = verify(path)
+        if problems:
+            typer.echo(f"bundle {path} refused:", err=True)
+            for problem in problems:
+                typer.echo(f"  {problem}", err=True)
+            raise typer.Exit(1)
+        manifest = json.loads((path / MANIFEST).read_text())
+        n = len(manifest["variants"]) + len(manifest["files"])
+        typer.echo(f"OK {manifest['name']}: schema {SCHEMA_VERSION}, {n} files verified")
+
+    @bundle_app.command("info")
+    def info_command(path: Path = typer.Argument(..., help="Bundle folder"),
+                     as_json: bool = typer.Option(False, "--json", help="Print the manifest and fidelity as JSON.")) -> None:
+        """Verify, then show variants, sizes, nomogram, provenance, fidelity and the Edge TPU verdict."""
+        try:
+            bundle = load(path)
+        except BundleError as exc:
+            typer.echo(str(exc), err=True)
+            raise typer.Exit(1) from None
+        if as_json:
+            typer.echo(json.dumps({"manifest": bundle.manifest, "fidelity": bundle.fidelity()}, indent=2))
+            return
+        for line in describe(bundle):
+            typer.echo(line)
+
+    app.add_typer(bundle_app, name="bundle")

@@ -1,0 +1,157 @@
+"""Find the ultrasound image area on a cart screen and propose the testis ROI (classic OpenCV).
+
+A cart screen is mostly dark background with UI text, a depth scale and caliper marks around one large
+speckled image field (sector or linear). The field is the largest region that stays bright after a
+blur + opening large enough to erase text and tick marks. Inside it, the testis is an ellipse with a
+bright rim (tunica albuginea) around mid-grey parenchyma: smoothing removes speckle, the rim is the
+brightest ring, and an ellipse fitted to the strongest closed ring gives the ROI. The user can always
+drag the ROI on the page; the ROI actually used is stored with the exam.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+Box = tuple[int, int, int, int]
+
+
+def _gray(image_rgb: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(image_rgb, cv2.COLOR_RGB2GRAY) if image_rgb.ndim == 3 else image_rgb
+
+
+def find_image_area(image_rgb: np.ndarray) -> Box:
+    """Bounding box (x, y, w, h) of the ultrasound field; the whole frame when nothing stands out."""
+    gray = _gray(image_rgb)
+    H, W = gray.shape
+    scale = 400.0 / max(H, W) if max(H, W) > 400 else 1.0
+    small = cv2.resize(gray, (round(W * scale), round(H * scale)), interpolation=cv2.INTER_AREA) if scale < 1 else gray
+    blur = cv2.blur(small, (7, 7))
+    mask = (blur > max(10, np.percentile(blur, 5) + 6)).astype(np.uint8)
+    k = max(5, round(min(small.shape) / 25)) | 1  # wider than text strokes and scale ticks
+    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if n <= 1:
+        return (0, 0, W, H)
+    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    x, y, w, h, area = stats[best]
+    if area < 0.05 * mask.size:
+        return (0, 0, W, H)
+    x0, y0 = int(np.floor(x / scale)), int(np.floor(y / scale))
+    x1, y1 = min(W, int(np.ceil((x + w) / scale))), min(H, int(np.ceil((y + h) / scale)))
+    return (x0, y0, x1 - x0, y1 - y0)
+
+
+def propose_roi(image_rgb: np.ndarray, area: Box | None = None, margin: float = 0.10) -> Box:
+    """Testis ROI (x, y, w, h) inside `area`: bounding box of the fitted bright-rimmed ellipse plus a
+    small margin; falls back to the central 60% of the image area."""
+    area = area or find_image_area(image_rgb)
+    ax, ay, aw, ah = area
+    gray = _gray(image_rgb)[ay:ay + ah, ax:ax + aw]
+    fallback = _clip((ax + int(aw * 0.2), ay + int(ah * 0.2), int(aw * 0.6), int(ah * 0.6)), image_rgb.shape)
+    if aw < 32 or ah < 32:
+        return fallback
+    scale = 256.0 / max(aw, ah)
+    small = cv2.resize(gray, (max(1, round(aw * scale)), max(1, round(ah * scale))), interpolation=cv2.INTER_AREA)
+    smooth = cv2.GaussianBlur(small, (0, 0), 1.5)
+    best = _best_ellipse(smooth)
+    if best is None:
+        return fallback
+    (cx, cy), (d1, d2), angle = best
+    # axis-aligned bounding box of the rotated ellipse
+    a, b, t = d1 / 2.0, d2 / 2.0, np.deg2rad(angle)
+    half_w = np.sqrt((a * np.cos(t)) ** 2 + (b * np.sin(t)) ** 2)
+    half_h = np.sqrt((a * np.sin(t)) ** 2 + (b * np.cos(t)) ** 2)
+    half_w, half_h = half_w * (1 + margin), half_h * (1 + margin)
+    x0 = ax + (cx - half_w) / scale
+    y0 = ay + (cy - half_h) / scale
+    return _clip((round(x0), round(y0), round(2 * half_w / scale), round(2 * half_h / scale)), image_rgb.shape)
+
+
+def _plausible(ellipse, w: int, h: int) -> bool:
+    (cx, cy), (d1, d2), _ = ellipse
+    return 0 <= cx < w and 0 <= cy < h and min(d1, d2) >= 0.1 * min(w, h) and max(d1, d2) <= 1.3 * max(w, h)
+
+
+def _best_ellipse(smooth: np.ndarray):
+    """The rim is a thin bright ridge: a white top-hat keeps ridges narrower than the kernel (not broad
+    bright tissue), the top 7% of it inside the field are rim candidates. Each large candidate component
+    seeds an ellipse, refined on all candidate pixels within a band around it (the rim is broken by
+    speckle and shadows); the winner covers most of its own perimeter and is large."""
+    h, w = smooth.shape
+    field = smooth > 8
+    if field.sum() < 100:
+        return None
+    tophat = cv2.morphologyEx(smooth, cv2.MORPH_TOPHAT, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (11, 11)))
+    level = np.percentile(tophat[field], 93)
+    rim = ((tophat >= level) & field).astype(np.uint8)
+    rim = cv2.morphologyEx(rim, cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))
+    near_rim = cv2.dilate(rim, np.ones((5, 5), np.uint8)) > 0
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(rim, connectivity=8)
+    best, best_score = None, 0.0
+    for i in (np.argsort(-stats[1:, cv2.CC_STAT_AREA])[:12] + 1):
+        if stats[i, cv2.CC_STAT_AREA] < 30:
+            continue
+        ellipse = cv2.fitEllipse(np.column_stack(np.nonzero(labels == i)[::-1]).astype(np.float32))
+        for _ in range(3):  # refine on every rim pixel near the current ellipse
+            if not _plausible(ellipse, w, h):
+                ellipse = None
+                break
+            band = np.zeros(rim.shape, np.uint8)
+            cv2.ellipse(band, ellipse, 1, 5)
+            pts = np.column_stack(np.nonzero((band > 0) & (rim > 0))[::-1]).astype(np.float32)
+            if len(pts) < 6:
+                ellipse = None
+                break
+            ellipse = cv2.fitEllipse(pts)
+        if ellipse is None or not _plausible(ellipse, w, h):
+            continue
+        (cx, cy), (d1, d2), angle = ellipse
+        poly = cv2.ellipse2Poly((int(cx), int(cy)), (int(d1 / 2), int(d2 / 2)), int(angle), 0, 360, 3)
+        xs, ys = poly[:, 0], poly[:, 1]
+        keep = (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
+        xs, ys = xs[keep], ys[keep]
+        keep = field[ys, xs]
+        if keep.sum() < 20:
+            continue
+        coverage = float(near_rim[ys[keep], xs[keep]].mean())
+        score = coverage ** 2 * np.sqrt(d1 * d2)
+        if score > best_score:
+            best, best_score = ellipse, score
+    return best
+
+
+def _clip(box: Box, shape) -> Box:
+    H, W = shape[:2]
+    x, y, w, h = (int(v) for v in box)
+    x, y = max(0, min(x, W - 2)), max(0, min(y, H - 2))
+    w, h = max(2, min(w, W - x)), max(2, min(h, H - y))
+    return (x, y, w, h)
+
+
+def parse_roi(text: str, shape) -> Box:
+    """'x,y,w,h' from a form field -> a validated box; ValueError names what is wrong."""
+    parts = [p.strip() for p in str(text).split(",")]
+    if len(parts) != 4:
+        raise ValueError(f"roi must be 'x,y,w,h' (4 integers), got {text!r}")
+    try:
+        x, y, w, h = (int(round(float(p))) for p in parts)
+    except ValueError:
+        raise ValueError(f"roi must be 'x,y,w,h' (4 integers), got {text!r}") from None
+    H, W = shape[:2]
+    if w < 8 or h < 8:
+        raise ValueError(f"roi {x},{y},{w},{h} is too small (at least 8×8 pixels)")
+    if x < 0 or y < 0 or x + w > W or y + h > H:
+        raise ValueError(f"roi {x},{y},{w},{h} lies outside the {W}×{H} image")
+    return (x, y, w, h)
+
+
+def iou(a: Box, b: Box) -> float:
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    ix = max(0, min(ax + aw, bx + bw) - max(ax, bx))
+    iy = max(0, min(ay + ah, by + bh) - max(ay, by))
+    inter = ix * iy
+    union = aw * ah + bw * bh - inter
+    return inter / union if union > 0 else 0.0

@@ -1,0 +1,146 @@
+"""Shared fixtures. `test_bundle`: a small real firmware bundle (MobileNetV2 CAM model at 96 px, TFLite fp32,
+real nomogram) built once per session in a subprocess (TensorFlow stays out of the test process) and
+cached in pytest's cache directory, keyed by the builder's source, so reruns are fast."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_BUNDLE_SIZE = 96
+
+_BUILD = textwrap.dedent(r'''
+    import hashlib, json, sys, datetime
+    from pathlib import Path
+    import numpy as np
+    import tensorflow as tf
+    from converters.models import build_cam_model
+    from edge.nomogram import points_scaling
+    from edge.bundle import finalize_manifest
+
+    out, size = Path(sys.argv[1]), int(sys.argv[2])
+    out.mkdir(parents=True, exist_ok=True)
+    model = build_cam_model("MobileNetV2", size, seed=0)
+    # a few steps on noise so prob is not a constant 0.5 for every image
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (16, size, size, 3), dtype=np.uint8)
+    y = (x.mean(axis=(1, 2, 3)) > 127).astype("float32")
+    model.compile(optimizer="adam", loss={"prob": "binary_crossentropy"})
+    model.fit(x, {"prob": y}, epochs=1, batch_size=8, verbose=0)
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    data = converter.convert()
+    (out / "model_fp32.tflite").write_bytes(data)
+
+    predictors = [
+        {"name": "dl_logit", "source": "dl_probability", "transform": "logit", "coef": 1.2,
+         "label": "DL probability", "unit": "", "range": [0.001, 0.999]},
+        {"name": "fsh", "source": "fsh", "transform": "identity", "coef": 0.2, "label": "Serum FSH",
+         "unit": "IU/L", "range": [0, 200]},
+        {"name": "volume_ml", "source": "volume_ml", "transform": "identity", "coef": -0.3,
+         "label": "Testicular volume", "unit": "mL", "range": [0.5, 60]},
+        {"name": "edv_cm_s", "source": "edv_cm_s", "transform": "identity", "coef": -0.5, "label": "EDV",
+         "unit": "cm/s", "range": [0, 50]}]
+    axes = {"dl_logit": (0.01, 0.99), "fsh": (0, 60), "volume_ml": (1, 30), "edv_cm_s": (0, 10)}
+    nomogram = {"schema": "noa-edge.nomogram/1", "placeholder": False, "intercept": 0.5,
+                "predictors": predictors, "points": points_scaling(predictors, axes),
+                "threshold": 0.5, "threshold_method": "fixed_test_fixture"}
+    (out / "MODEL_CARD.md").write_text("# test bundle\nTiny MobileNetV2 CAM model fitted on noise, for tests only.\n")
+    manifest = {
+        "schema_version": 1, "name": "test-bundle", "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "synthetic_demo": True, "intended_use": "tests only",
+        "labels": {"positive": "NOA", "negative": "OA"},
+        "input": {"shape": [1, size, size, 3], "dtype": "uint8"},
+        "outputs": {"prob": "prob", "cam": "cam"},
+        "variants": {"fp32": {"file": "model_fp32.tflite", "target": "cpu", "dtype": "float32",
+                              "input": {"dtype": "uint8", "scale": 1.0, "zero_point": 0}}},
+        "default_variant": {"cpu": "fp32"},
+        "nomogram": nomogram, "threshold": 0.5,
+        "provenance": {"dataset": "noise", "dataset_sha256": "", "run": "", "cv_auc": None, "code_version": "test"},
+    }
+    finalize_manifest(out, manifest)  # the bundle writer: sizes, sha256s, nomogram and manifest digests
+    print("built", out)
+''')
+
+
+@pytest.fixture(scope="session")
+def test_bundle(request) -> Path:
+    """Path to a small real bundle (fp32 TFLite, nomogram, synthetic_demo true)."""
+    key = hashlib.sha256((_BUILD + str(TEST_BUNDLE_SIZE)).encode()).hexdigest()[:12]
+    out = Path(request.config.cache.mkdir("noa-edge-test-bundle")) / key
+    if not (out / "manifest.json").is_file():
+        proc = subprocess.run([sys.executable, "-c", _BUILD, str(out), str(TEST_BUNDLE_SIZE)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, f"building the test bundle failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    return out
+
+
+# ------------------------------------------------------------------------------------- daemon helpers
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class DaemonProcess:
+    """`noa-edge serve` in a subprocess on a free port (the real CLI, the real server)."""
+
+    def __init__(self, bundle: Path, data_dir: Path, source: str = "none", extra: list[str] | None = None,
+                 log_path: Path | None = None):
+        import os
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.args = [sys.executable, "-m", "edge.cli", "serve", "--bundle", str(bundle), "--data-dir", str(data_dir),
+                     "--source", source, "--port", str(self.port), "--threads", "1", *(extra or [])]
+        Path(data_dir).mkdir(parents=True, exist_ok=True)
+        self.log_path = log_path or (Path(data_dir) / f"daemon-{self.port}.log")
+        self._log = open(self.log_path, "ab")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(self.args, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+
+    def wait_ready(self, timeout: float = 90.0) -> "DaemonProcess":
+        import time
+
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(self.url + "/api/health", timeout=2).status_code in (200, 401):
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"daemon not ready after {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def demo_cine() -> Path:
+    from edge.capture import demo_cine_path
+
+    return demo_cine_path()
