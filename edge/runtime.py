@@ -14,6 +14,7 @@ uint8 pixels and returns float probabilities.
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import os
 import platform
@@ -101,6 +102,7 @@ class ModelRunner:
         if variant == "edgetpu":
             lib = edgetpu_library()
             try:
+                ctypes.CDLL(lib)  # probe first: a failed load_delegate leaves a half-built Delegate behind
                 delegates = [load_delegate(lib)]
             except (ValueError, OSError) as exc:
                 raise RuntimeUnavailable(

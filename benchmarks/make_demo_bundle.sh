@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# `make firmware`: regenerate the shipped demo bundle firmware_assets/demo-phantom from the seed.
+#   phantom cohort (default sizes, fixed seed) -> NASNetMobile 224 (patient-grouped 5-fold CV + final
+#   model) -> nomogram -> convert (fp32 + fp16 for cpu, int8 for coral) -> verify.
+# ONNX (jetson) is left out of the demo to keep the folder <= 40 MB; make it with
+#   noa-edge convert runs/demo-phantom/run --out firmware_assets/NAME --targets jetson
+# Long: training takes hours on 2 cores. Every step resumes or is skipped if its output exists,
+# except the conversion, which always rewrites the bundle.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NOA=${NOA:-.venv/bin/noa-edge}
+SEED=${SEED:-0}
+WORK=${WORK:-runs/demo-phantom}
+OUT=${OUT:-firmware_assets/demo-phantom}
+BUDGET_BYTES=$((40 * 1024 * 1024))
+export PYTHONHASHSEED=0 TF_DETERMINISTIC_OPS=1 TF_CUDNN_DETERMINISTIC=1
+
+if [ ! -f "$WORK/dataset/dataset.json" ]; then
+  "$NOA" simulate "$WORK/dataset" --seed "$SEED" --quiet
+fi
+if [ ! -f "$WORK/run/model.keras" ]; then
+  "$NOA" train "$WORK/dataset" --out "$WORK/run" --backbones NASNetMobile --input-size 224 --seed "$SEED"
+fi
+if [ ! -f "$WORK/run/nomogram.json" ]; then
+  "$NOA" nomogram "$WORK/run" --seed "$SEED"
+fi
+"$NOA" convert "$WORK/run" --out "$OUT" --name demo-phantom --targets cpu,coral --seed "$SEED" \
+  --calibration-size 200 --synthetic-demo --overwrite
+"$NOA" bundle verify "$OUT"
+"$NOA" bundle info "$OUT"
+size=$(du -sb "$OUT" | cut -f1)
+echo "demo bundle: $size bytes (budget $BUDGET_BYTES)"
+if [ "$size" -gt "$BUDGET_BYTES" ]; then
+  echo "error: $OUT is larger than 40 MB" >&2
+  exit 1
+fi
