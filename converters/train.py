@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from converters import TrainExtraMissing, require_train_extra
+from edge.bundle import sha256_file
 from converters.models import BACKBONES, WeightsError, canonical_backbone, resolve_weights
 
 QUICK_DEFAULTS = {"input_size": 64, "epochs": 1, "folds": 2, "max_images": 40}
@@ -140,20 +141,12 @@ def parse_weights(spec: str | None, backbones: list[str]) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- data
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def dataset_sha256(ds) -> str:
     """sha256 over (relative path, sha256) of dataset.json, both CSVs and every image file, sorted."""
     names = ["dataset.json", "patients.csv", "images.csv"] + sorted({row["file"] for row in ds.images})
     h = hashlib.sha256()
     for name in names:
-        h.update(f"{name}\0{file_sha256(ds.root / name)}\n".encode())
+        h.update(f"{name}\0{sha256_file(ds.root / name)}\n".encode())
     return h.hexdigest()
 
 
@@ -577,7 +570,7 @@ def _train(cfg, ds, rows, labels, groups, fold_of, run, log, t_start, tqdm) -> d
     log.info("noa-edge train %s --out %s (%s)", cfg.dataset, run, " ".join(
         f"{k}={v}" for k, v in asdict(cfg).items() if k not in ("dataset", "out", "progress")))
     dsha = dataset_sha256(ds)
-    weight_shas = {b: (file_sha256(Path(p)) if p else None) for b, p in cfg.weights.items()}
+    weight_shas = {b: (sha256_file(Path(p)) if p else None) for b, p in cfg.weights.items()}
     settings = cfg.settings(dsha, weight_shas)
     prev_run = run / "run.json"
     if prev_run.is_file():

@@ -6,7 +6,6 @@ so the page, the API and the benchmarks all report the same numbers.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import threading
@@ -18,6 +17,7 @@ import cv2
 import numpy as np
 
 from . import DEMO_DISCLAIMER
+from .bundle import sha256_file
 from .preprocess import crop_roi
 from .roi import Box, find_image_area, propose_roi
 
@@ -146,14 +146,6 @@ def cam_overlay(roi_rgb: np.ndarray, cam: np.ndarray, positive: bool, alpha: flo
     return (roi_rgb.astype(np.float32) * (1 - weight) + colour.astype(np.float32) * weight).astype(np.uint8)
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def choose_variant(bundle, wanted: str = "auto") -> str:
     """--variant auto: the Edge TPU variant when the bundle has one and libedgetpu loads, else the
     bundle's cpu default (fp32 on x86, where int8 is slower under XNNPACK). A named variant must exist."""
@@ -196,7 +188,7 @@ class Analyzer:
         self.threshold = float(self.manifest.get("threshold", self.nomogram.threshold if self.nomogram else 0.5))
         self.dl_threshold = float(self.manifest.get("dl_threshold", 0.5))
         self.input_size = int(self.manifest["input"]["shape"][1])
-        self.sha256 = _file_sha256(self.bundle_path / "manifest.json")  # pins every file via their sha256s
+        self.sha256 = sha256_file(self.bundle_path / "manifest.json")  # pins every file via their sha256s
         self.synthetic_demo = bool(self.manifest.get("synthetic_demo", False))
         self.store = store
         self._lock = threading.Lock()
