@@ -2,14 +2,23 @@
 
 Every stage is timed with time.perf_counter and the timings (ms) are returned and stored with the exam,
 so the page, the API and the benchmarks all report the same numbers.
+
+Hot-path choices (measured in benchmarks/levers_pipeline.py, see benchmarks/RESULTS.md "## Pipeline"):
+the frame is converted to gray once and every ROI stage works on that; the frame is stored as an
+uncompressed PNG (deflate level 0, ~2 ms) and the store recompresses it losslessly (level 1) once the daemon
+is idle; the ROI image is not stored (the store derives it from the frame + ROI on request); the CAM
+overlay, only a picture, is a JPEG (q90), still under the exam key `overlay_png` (readers decode by
+content: Pillow, cv2, browsers).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import struct
 import threading
 import time
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -123,16 +132,75 @@ def _stage(timings: dict, name: str):
         timings[name] = round((time.perf_counter() - t0) * 1000.0, 3)
 
 
-def png_bytes(rgb: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+def _png_chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(tag)))
+
+
+def png_bytes(image: np.ndarray, level: int = 1) -> bytes:
+    """uint8 RGB (H, W, 3) or gray (H, W) -> lossless PNG bytes.
+
+    Written directly with zlib (row filter "none", deflate `level`): on an 800×600 cine frame ~3× faster
+    than cv2.imencode at level 1 for ~7 % more bytes, no RGB→BGR copy, and zlib releases the GIL, so it
+    can run beside the model invoke."""
+    img = np.asarray(image)
+    if img.dtype != np.uint8 or not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 3)):
+        raise ValueError(f"png_bytes needs uint8 gray (H, W) or RGB (H, W, 3), got {img.dtype} {img.shape}")
+    h, w = img.shape[:2]
+    channels = 1 if img.ndim == 2 else 3
+    raw = np.empty((h, w * channels + 1), np.uint8)
+    raw[:, 0] = 0  # filter type "none" on every row
+    raw[:, 1:] = img.reshape(h, w * channels)
+    header = struct.pack(">IIBBBBB", w, h, 8, 0 if channels == 1 else 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+            + _png_chunk(b"IDAT", zlib.compress(raw.data, level)) + _png_chunk(b"IEND", b""))
+
+
+def jpeg_bytes(rgb: np.ndarray, quality: int = 90) -> bytes:
+    """uint8 RGB -> JPEG bytes (for pictures only, never for the stored frame: that stays lossless)."""
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
-        raise RuntimeError("PNG encoding failed")
+        raise RuntimeError("JPEG encoding failed")
     return buf.tobytes()
+
+
+def gray_if_gray(rgb: np.ndarray) -> np.ndarray:
+    """The 1-channel frame when all three channels are equal (a true grayscale frame: DICOM, PNG export),
+    else the RGB frame unchanged. A sparse sample is checked first so colour frames exit at once."""
+    if rgb.ndim == 2:
+        return rgb
+    sample = rgb[::31, ::31]
+    if not (np.array_equal(sample[..., 0], sample[..., 1]) and np.array_equal(sample[..., 1], sample[..., 2])):
+        return rgb
+    if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]):
+        return np.ascontiguousarray(rgb[..., 0])
+    return rgb
+
+
+def frame_png_bytes(frame_rgb: np.ndarray, level: int = 1) -> bytes:
+    """The stored frame: lossless PNG, 1-channel when the frame is grayscale (a third of the bytes and
+    time; PNG readers give RGB back: Pillow .convert("RGB"), cv2.IMREAD_COLOR, browsers)."""
+    return png_bytes(gray_if_gray(frame_rgb), level)
+
+
+def roi_view(frame: np.ndarray, roi: Box) -> np.ndarray:
+    """The ROI as shown on the page and under the CAM: the crop, bilinear-upscaled so its short side is
+    at least CAM_SIZE_MIN. Also how the store derives the ROI image from a stored frame."""
+    x, y, w, h = (int(v) for v in roi)
+    view = frame[y:y + h, x:x + w]
+    scale = max(1.0, CAM_SIZE_MIN / max(1, min(w, h)))
+    if scale > 1.0:
+        view = cv2.resize(view, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_LINEAR)
+    return view
+
+
+_JET_RGB = np.ascontiguousarray(
+    cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], cv2.COLORMAP_JET)[:, :, ::-1])
 
 
 def cam_overlay(roi_rgb: np.ndarray, cam: np.ndarray, positive: bool, alpha: float = 0.4) -> np.ndarray:
     """Class activation map of the predicted class (ReLU, max-normalised), bilinear-upsampled onto the ROI
-    and blended as a JET heatmap. For an OA call the map is negated: regions arguing for OA light up."""
+    and blended as a JET heatmap. For an OA call the map is negated: regions arguing for OA light up.
+    JET comes from an RGB lookup table and cv2.blendLinear weights per pixel: no float copies of the ROI."""
     cam = np.asarray(cam, np.float32).squeeze()
     if cam.ndim != 2:
         raise ValueError(f"cam output has shape {cam.shape}, expected 2-D")
@@ -141,9 +209,9 @@ def cam_overlay(roi_rgb: np.ndarray, cam: np.ndarray, positive: bool, alpha: flo
     cam = cam / cam.max() if cam.max() > 0 else cam
     h, w = roi_rgb.shape[:2]
     heat = cv2.resize(cam, (w, h), interpolation=cv2.INTER_LINEAR)
-    colour = cv2.cvtColor(cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
-    weight = (alpha * heat)[:, :, None]  # cool regions stay the plain image
-    return (roi_rgb.astype(np.float32) * (1 - weight) + colour.astype(np.float32) * weight).astype(np.uint8)
+    colour = cv2.applyColorMap((heat * 255).astype(np.uint8), _JET_RGB)
+    weight = alpha * heat  # cool regions stay the plain image
+    return cv2.blendLinear(np.ascontiguousarray(roi_rgb), colour, 1.0 - weight, weight)
 
 
 def choose_variant(bundle, wanted: str = "auto") -> str:
@@ -192,6 +260,8 @@ class Analyzer:
         self.synthetic_demo = bool(self.manifest.get("synthetic_demo", False))
         self.store = store
         self._lock = threading.Lock()
+        # 0: the frame is stored uncompressed and recompressed by the store when idle; 1: compressed inline
+        self.frame_png_level = 0
         self.analyses = 0
         self.stage_totals_ms: dict[str, float] = {}
 
@@ -233,27 +303,24 @@ class Analyzer:
         t_total = time.perf_counter()
         with self._lock:
             with _stage(timings, "image_area"):
-                area = find_image_area(frame_rgb)
+                gray = cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2GRAY) if frame_rgb.ndim == 3 else frame_rgb
+                area = find_image_area(gray)
             with _stage(timings, "roi"):
                 roi_method = "manual" if roi is not None else "auto"
                 if roi is None:
-                    roi = propose_roi(frame_rgb, area)
+                    roi = propose_roi(gray, area)
             with _stage(timings, "crop"):
-                model_input = crop_roi(frame_rgb, roi, self.input_size)
+                model_input = crop_roi(gray, roi, self.input_size)  # gray in: the same pixels as from RGB
             with _stage(timings, "invoke"):
                 prob, cam = self.runner.run(model_input)
                 prob = float(np.asarray(prob).reshape(-1)[0])
             with _stage(timings, "cam_overlay"):
-                x, y, w, h = roi
-                roi_rgb = frame_rgb[y:y + h, x:x + w]
-                scale = max(1.0, CAM_SIZE_MIN / max(1, min(w, h)))
-                if scale > 1.0:
-                    roi_rgb = cv2.resize(roi_rgb, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_LINEAR)
-                overlay = cam_overlay(roi_rgb, cam, positive=prob >= self.dl_threshold)
+                overlay = cam_overlay(roi_view(frame_rgb, roi), cam, positive=prob >= self.dl_threshold)
             with _stage(timings, "nomogram"):
                 result = self._score(prob, clinical)
             with _stage(timings, "encode"):
-                frame_png, roi_png, overlay_png = png_bytes(frame_rgb), png_bytes(roi_rgb), png_bytes(overlay)
+                overlay_png = jpeg_bytes(overlay)  # a picture; the frame stays lossless
+                frame_png = frame_png_bytes(frame_rgb, self.frame_png_level)
             exam = {
                 "trigger": trigger, "source": source, "patient_id": patient_id or None,
                 "frame_size": [int(frame_rgb.shape[1]), int(frame_rgb.shape[0])],
@@ -267,7 +334,8 @@ class Analyzer:
             with _stage(timings, "store"):
                 exam["timings"] = dict(timings, total=round((time.perf_counter() - t_total) * 1000.0, 3))
                 if self.store is not None:
-                    exam = self.store.add_exam(exam, frame_png, roi_png, overlay_png)
+                    exam = self.store.add_exam(exam, frame_png, None, overlay_png,  # ROI image derived on read
+                                               recompress_frame=self.frame_png_level == 0)
             exam["timings"] = dict(timings, total=round((time.perf_counter() - t_total) * 1000.0, 3))
             self.analyses += 1
             for k, v in exam["timings"].items():

@@ -17,7 +17,21 @@ Box = tuple[int, int, int, int]
 
 
 def _gray(image_rgb: np.ndarray) -> np.ndarray:
+    """Both functions take RGB or an already-gray frame (the pipeline converts once and passes gray)."""
     return cv2.cvtColor(image_rgb, cv2.COLOR_RGB2GRAY) if image_rgb.ndim == 3 else image_rgb
+
+
+def _percentile_u8(values: np.ndarray, q: float) -> float:
+    """np.percentile(values, q) (linear interpolation) of uint8 values from a 256-bin histogram: the two
+    order statistics around the rank, no sort (~10× faster than np.percentile on a frame)."""
+    counts = np.bincount(values.ravel(), minlength=256)
+    cum = np.cumsum(counts)
+    n = int(cum[-1])
+    rank = q / 100.0 * (n - 1)
+    lo = int(np.floor(rank))
+    v_lo = int(np.searchsorted(cum, lo, side="right"))
+    v_hi = int(np.searchsorted(cum, min(lo + 1, n - 1), side="right"))
+    return v_lo + (v_hi - v_lo) * (rank - lo)
 
 
 def find_image_area(image_rgb: np.ndarray) -> Box:
@@ -27,7 +41,7 @@ def find_image_area(image_rgb: np.ndarray) -> Box:
     scale = 400.0 / max(H, W) if max(H, W) > 400 else 1.0
     small = cv2.resize(gray, (round(W * scale), round(H * scale)), interpolation=cv2.INTER_AREA) if scale < 1 else gray
     blur = cv2.blur(small, (7, 7))
-    mask = (blur > max(10, np.percentile(blur, 5) + 6)).astype(np.uint8)
+    mask = (blur > max(10, _percentile_u8(blur, 5) + 6)).astype(np.uint8)
     k = max(5, round(min(small.shape) / 25)) | 1  # wider than text strokes and scale ticks
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
     mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
@@ -84,7 +98,7 @@ def _best_ellipse(smooth: np.ndarray):
     if field.sum() < 100:
         return None
     tophat = cv2.morphologyEx(smooth, cv2.MORPH_TOPHAT, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (11, 11)))
-    level = np.percentile(tophat[field], 93)
+    level = _percentile_u8(tophat[field], 93)
     rim = ((tophat >= level) & field).astype(np.uint8)
     rim = cv2.morphologyEx(rim, cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))
     near_rim = cv2.dilate(rim, np.ones((5, 5), np.uint8)) > 0
@@ -93,14 +107,16 @@ def _best_ellipse(smooth: np.ndarray):
     for i in (np.argsort(-stats[1:, cv2.CC_STAT_AREA])[:12] + 1):
         if stats[i, cv2.CC_STAT_AREA] < 30:
             continue
-        ellipse = cv2.fitEllipse(np.column_stack(np.nonzero(labels == i)[::-1]).astype(np.float32))
+        x0, y0, bw, bh = stats[i, :4]  # the component's own box: nonzero on a window, not the frame
+        ys, xs = np.nonzero(labels[y0:y0 + bh, x0:x0 + bw] == i)
+        ellipse = cv2.fitEllipse(np.column_stack((xs + x0, ys + y0)).astype(np.float32))
         for _ in range(3):  # refine on every rim pixel near the current ellipse
             if not _plausible(ellipse, w, h):
                 ellipse = None
                 break
             band = np.zeros(rim.shape, np.uint8)
             cv2.ellipse(band, ellipse, 1, 5)
-            pts = np.column_stack(np.nonzero((band > 0) & (rim > 0))[::-1]).astype(np.float32)
+            pts = _band_points(band, rim)
             if len(pts) < 6:
                 ellipse = None
                 break
@@ -120,6 +136,13 @@ def _best_ellipse(smooth: np.ndarray):
         if score > best_score:
             best, best_score = ellipse, score
     return best
+
+
+def _band_points(band: np.ndarray, rim: np.ndarray) -> np.ndarray:
+    """(x, y) float32 of rim pixels under the drawn band, searched only inside the band's bounding box."""
+    bx, by, bw, bh = cv2.boundingRect(band)
+    ys, xs = np.nonzero(band[by:by + bh, bx:bx + bw] & rim[by:by + bh, bx:bx + bw])
+    return np.column_stack((xs + bx, ys + by)).astype(np.float32)
 
 
 def _clip(box: Box, shape) -> Box:

@@ -370,14 +370,16 @@ def create_app(cfg: DaemonConfig):
             return error(404, "the bundle has no nomogram")
         return Response(svg, media_type="image/svg+xml")
 
-    @app.get("/exams/{exam_id}/{kind}.png", summary="Stored frame, ROI or CAM overlay (PNG)")
+    @app.get("/exams/{exam_id}/{kind}.png", summary="Stored frame, ROI (PNG) or CAM overlay (JPEG)")
     def exam_image(exam_id: int, kind: str):
+        from .store import image_media_type
+
         if kind == "report":
             return export(exam_id, "report.png")
         if kind not in ("frame", "roi", "overlay"):
             return error(404, f"unknown image {kind!r}: frame, roi, overlay or report")
-        data = D().store.get_image(exam_id, kind)
-        return Response(data, media_type="image/png") if data else error(404, f"exam {exam_id} not found")
+        data = D().store.get_image(exam_id, kind)  # the ROI image is derived from the frame by the store
+        return Response(data, media_type=image_media_type(data)) if data else error(404, f"exam {exam_id} not found")
 
     def export(exam_id: int, what: str):
         from . import export as ex

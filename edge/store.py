@@ -1,22 +1,40 @@
 """Exam store: one SQLite file (WAL) in the daemon's data directory.
 
 Every exam is written in ONE transaction (images as BLOBs next to the numbers), so a result is stored
-whole or not at all, and a kill -9 mid-write leaves the previous state. WAL with synchronous=FULL makes a
-committed exam survive a crash or power cut; readers (the page) never block the writer.
+whole or not at all, and a kill -9 mid-write leaves the previous state; readers (the page) never block the
+writer. Durability trade-off: the writer runs WAL with synchronous=NORMAL, so a commit does not wait for an
+fsync (the fsync cost 3–50 ms on the analysis path here). A committed exam survives a process crash or
+kill -9 at once (the WAL is in the OS page cache), and the database is never corrupted; against power loss or
+an OS crash an exam is safe once the background checkpoint that follows every commit (its own connection,
+synchronous=FULL: WAL fsync, copy, db fsync) has finished, normally tens of ms after analyze() returned.
+A power cut inside that window can lose the newest exam(s), not damage older ones.
+The daemon stores the frame as an uncompressed PNG (fast on the analysis path); the same background thread
+recompresses it losslessly (deflate level 1, ~4× smaller) once no exam was written for RECOMPRESS_IDLE_S, one
+frame at a time, each in its own UPDATE (a frame is always one whole valid PNG, before or after).
+The ROI image is not stored (roi_png is left empty): it is the stored frame cropped to the stored ROI, so
+get_image/get_exam derive it on request (rows written before this still hold their own ROI PNG). The
+overlay_png column holds the CAM overlay as the daemon encoded it (JPEG since the pipeline levers, PNG
+before): readers decode by content, `image_media_type` names it for HTTP.
 Patient identifiers are optional and stay in this file only (never logged).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
+import time
 import uuid
+from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
 
+log = logging.getLogger("noa_edge.store")
+
 SCHEMA_VERSION = 1
 IMAGE_KINDS = ("frame", "roi", "overlay")
+RECOMPRESS_IDLE_S = 2.0  # quiet time before uncompressed frames are recompressed (never during a burst)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS exams (
@@ -28,7 +46,7 @@ CREATE TABLE IF NOT EXISTS exams (
     bundle_sha256 TEXT NOT NULL,
     exam_json     TEXT NOT NULL,          -- the exam as the API returns it (inputs, outputs, timings, roi...)
     frame_png     BLOB NOT NULL,
-    roi_png       BLOB NOT NULL,
+    roi_png       BLOB NOT NULL,          -- empty: derived from frame_png + exam_json.roi on read
     overlay_png   BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS exams_created ON exams(created);
@@ -36,6 +54,11 @@ CREATE INDEX IF NOT EXISTS exams_created ON exams(created);
 
 class StoreError(RuntimeError):
     """The exam database cannot be opened or written."""
+
+
+def image_media_type(data: bytes) -> str:
+    """Content type of a stored image by its signature (PNG or JPEG)."""
+    return "image/jpeg" if data[:3] == b"\xff\xd8\xff" else "image/png"
 
 
 def utc_now() -> str:
@@ -56,22 +79,86 @@ class ExamStore:
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA synchronous=NORMAL")  # durable against kill -9; power loss: see above
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open exam database {self.path}: {exc}") from exc
+        self.recompress_idle_s = RECOMPRESS_IDLE_S
+        self._last_write = time.monotonic()
+        self._pending: deque[int] = deque(self._uncompressed_frames())  # left over from a previous run
+        self._work = threading.Event()
+        self._closing = False
+        self._background = threading.Thread(target=self._background_loop, name="noa-store", daemon=True)
+        self._background.start()
+
+    def _uncompressed_frames(self) -> list[int]:
+        """Exams whose frame PNG holds more than 1 byte per pixel: stored uncompressed, never recompressed."""
+        with self._lock:
+            return [r[0] for r in self._db.execute(
+                "SELECT id FROM exams WHERE length(frame_png) > json_extract(exam_json, '$.frame_size[0]') "
+                "* json_extract(exam_json, '$.frame_size[1]') + 1024 ORDER BY id")]
+
+    def _background_loop(self) -> None:
+        """Off the analysis path, on its own FULL-sync connection: after each commit a PASSIVE checkpoint
+        (WAL fsync, copy, db fsync: the newest exam reaches the disk, see the module docstring); when idle,
+        recompress pending frames one at a time (a new commit comes first)."""
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        try:
+            db.execute("PRAGMA synchronous=FULL")
+            while not self._closing:
+                idle_left = (None if not self._pending
+                             else max(0.0, self.recompress_idle_s - (time.monotonic() - self._last_write)))
+                if self._work.wait(idle_left):
+                    self._work.clear()
+                elif self._pending:
+                    self._recompress_frame(db, self._pending.popleft())
+                if not self._closing:
+                    self._checkpoint(db)
+        finally:
+            db.close()
+
+    @staticmethod
+    def _checkpoint(db: sqlite3.Connection) -> None:
+        try:
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:
+            log.warning("background checkpoint failed (exams stay in the WAL until the next one): %s", exc)
+
+    @staticmethod
+    def _recompress_frame(db: sqlite3.Connection, exam_id: int) -> None:
+        try:
+            row = db.execute("SELECT frame_png FROM exams WHERE id = ?", (exam_id,)).fetchone()
+            if row is not None:
+                db.execute("UPDATE exams SET frame_png = ? WHERE id = ?", (_recompressed_png(bytes(row[0])), exam_id))
+        except Exception as exc:  # noqa: BLE001 - the uncompressed frame is valid; keep it and say why
+            log.warning("exam %s: frame left uncompressed (%s: %s)", exam_id, type(exc).__name__, exc)
 
     def close(self) -> None:
+        """Stops the background thread (frames still pending stay uncompressed; the next open queues them)."""
+        self._closing = True
+        self._work.set()
+        self._background.join(timeout=30)
         with self._lock:
             self._db.close()
 
-    def add_exam(self, exam: dict, frame_png: bytes, roi_png: bytes, overlay_png: bytes) -> dict:
-        """Insert one exam (JSON-able dict) and its three PNGs atomically; returns it with id/uid/created."""
-        for name, blob in (("frame_png", frame_png), ("roi_png", roi_png), ("overlay_png", overlay_png)):
+    def add_exam(self, exam: dict, frame_png: bytes, roi_png: bytes | None, overlay_png: bytes, *,
+                 recompress_frame: bool = False) -> dict:
+        """Insert one exam (JSON-able dict) and its images atomically; returns it with id/uid/created.
+        roi_png None (what the daemon passes) stores no ROI image: it is derived from frame + exam["roi"].
+        recompress_frame: frame_png was written uncompressed; recompress it losslessly when idle."""
+        for name, blob in (("frame_png", frame_png), ("overlay_png", overlay_png)):
             if not isinstance(blob, (bytes, bytearray)) or not blob:
                 raise StoreError(f"exam image {name} is empty; nothing stored")
+        if roi_png is None:
+            roi = exam.get("roi")
+            if not (isinstance(roi, (list, tuple)) and len(roi) == 4):
+                raise StoreError(f"exam has no roi [x, y, w, h] (got {roi!r}) to derive its ROI image from; "
+                                 "nothing stored")
+            roi_png = b""
+        elif not isinstance(roi_png, (bytes, bytearray)) or not roi_png:
+            raise StoreError("exam image roi_png is empty; nothing stored")
         exam = dict(exam)
         exam.setdefault("uid", uuid.uuid4().hex)
         exam.setdefault("created", utc_now())
@@ -94,6 +181,10 @@ class ExamStore:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise StoreError(f"exam not stored: {exc}") from exc
+            self._last_write = time.monotonic()
+        if recompress_frame:
+            self._pending.append(cur.lastrowid)
+        self._work.set()
         return {"id": cur.lastrowid, **exam}
 
     def get_exam(self, exam_id: int, with_images: bool = False) -> dict | None:
@@ -105,7 +196,9 @@ class ExamStore:
             return None
         exam = {"id": row[0], **json.loads(row[1])}
         if with_images:
-            exam.update(frame_png=bytes(row[2]), roi_png=bytes(row[3]), overlay_png=bytes(row[4]))
+            frame_png = bytes(row[2])
+            exam.update(frame_png=frame_png, roi_png=bytes(row[3]) or _derived_roi_png(frame_png, exam["roi"]),
+                        overlay_png=bytes(row[4]))
         return exam
 
     def list_exams(self, limit: int = 50, offset: int = 0) -> list[dict]:
@@ -121,6 +214,13 @@ class ExamStore:
     def get_image(self, exam_id: int, kind: str) -> bytes | None:
         if kind not in IMAGE_KINDS:
             raise ValueError(f"unknown image kind {kind!r}; one of {', '.join(IMAGE_KINDS)}")
+        if kind == "roi":
+            with self._lock:
+                row = self._db.execute("SELECT roi_png, frame_png, exam_json FROM exams WHERE id = ?",
+                                       (int(exam_id),)).fetchone()
+            if row is None:
+                return None
+            return bytes(row[0]) or _derived_roi_png(bytes(row[1]), json.loads(row[2])["roi"])
         with self._lock:
             row = self._db.execute(f"SELECT {kind}_png FROM exams WHERE id = ?", (int(exam_id),)).fetchone()
         return bytes(row[0]) if row else None
@@ -130,8 +230,37 @@ class ExamStore:
         with self._lock:
             ok = self._db.execute("PRAGMA integrity_check").fetchone()[0]
             bad = self._db.execute(
-                "SELECT id FROM exams WHERE length(frame_png) = 0 OR length(roi_png) = 0 "
-                "OR length(overlay_png) = 0 OR NOT json_valid(exam_json)").fetchall()
+                "SELECT id FROM exams WHERE length(frame_png) = 0 OR length(overlay_png) = 0 "
+                "OR NOT json_valid(exam_json) "
+                "OR (length(roi_png) = 0 AND json_array_length(exam_json, '$.roi') IS NOT 4)").fetchall()
         problems = [] if ok == "ok" else [f"sqlite integrity_check: {ok}"]
         return problems + [f"exam {r[0]} is incomplete" for r in bad]
 
+
+
+def _derived_roi_png(frame_png: bytes, roi) -> bytes:
+    """The ROI image of an exam stored without one: its frame cropped to its ROI, as the pipeline shows it."""
+    import cv2
+    import numpy as np
+
+    from .pipeline import png_bytes, roi_view
+
+    frame = cv2.imdecode(np.frombuffer(frame_png, np.uint8), cv2.IMREAD_UNCHANGED)
+    if frame is None:
+        raise StoreError("stored frame is not a readable PNG; cannot derive the ROI image")
+    if frame.ndim == 3:
+        frame = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+    return png_bytes(roi_view(frame, roi))
+
+
+def _recompressed_png(png: bytes) -> bytes:
+    """The same pixels as a level-1 PNG (gray stays gray)."""
+    import cv2
+    import numpy as np
+
+    from .pipeline import png_bytes
+
+    img = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None or img.dtype != np.uint8 or img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3):
+        raise StoreError("stored frame is not an 8-bit gray or RGB PNG")
+    return png_bytes(img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_BGR2RGB), level=1)

@@ -91,6 +91,17 @@ def test_too_few_patients_for_the_folds_is_caught_before_training():
         make_folds(labels, groups, 3, seed=0)
 
 
+def test_inner_split_with_one_class_left_is_a_clear_error():
+    # 1 OA patient in the training part: no inner split can hold OA on both sides
+    groups = np.array(["A", "B", "C", "D"])
+    labels = np.array([1, 1, 1, 0])
+    with pytest.raises(TrainError, match="fold 1: the training part has 3 NOA and 1 OA"):
+        inner_validation_split(np.arange(4), labels, groups, seed=0, fold=1)
+    # 2 + 2 is the smallest that splits, with both classes on both sides
+    fit, val = inner_validation_split(np.arange(4), np.array([1, 1, 0, 0]), groups, seed=0, fold=1)
+    assert set(np.array([1, 1, 0, 0])[fit]) == {0, 1} == set(np.array([1, 1, 0, 0])[val])
+
+
 def test_augmentation_is_seeded_grey_and_varies_by_epoch():
     rois = np.random.default_rng(0).integers(0, 256, (4, 48, 48, 3), dtype=np.uint8)
     rois[..., 1] = rois[..., 2] = rois[..., 0]
