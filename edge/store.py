@@ -47,7 +47,8 @@ CREATE TABLE IF NOT EXISTS exams (
     exam_json     TEXT NOT NULL,          -- the exam as the API returns it (inputs, outputs, timings, roi...)
     frame_png     BLOB NOT NULL,
     roi_png       BLOB NOT NULL,          -- empty: derived from frame_png + exam_json.roi on read
-    overlay_png   BLOB NOT NULL
+    overlay_png   BLOB NOT NULL,
+    frame_pending INTEGER NOT NULL DEFAULT 0  -- 1: frame_png stored uncompressed, recompress when idle
 );
 CREATE INDEX IF NOT EXISTS exams_created ON exams(created);
 """
@@ -82,6 +83,9 @@ class ExamStore:
             self._db.execute("PRAGMA synchronous=NORMAL")  # durable against kill -9; power loss: see above
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(exams)")}
+            if "frame_pending" not in columns:  # database from before the recompression lever
+                self._db.execute("ALTER TABLE exams ADD COLUMN frame_pending INTEGER NOT NULL DEFAULT 0")
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open exam database {self.path}: {exc}") from exc
@@ -94,11 +98,9 @@ class ExamStore:
         self._background.start()
 
     def _uncompressed_frames(self) -> list[int]:
-        """Exams whose frame PNG holds more than 1 byte per pixel: stored uncompressed, never recompressed."""
+        """Exams whose frame was stored uncompressed and not yet recompressed (e.g. by a previous run)."""
         with self._lock:
-            return [r[0] for r in self._db.execute(
-                "SELECT id FROM exams WHERE length(frame_png) > json_extract(exam_json, '$.frame_size[0]') "
-                "* json_extract(exam_json, '$.frame_size[1]') + 1024 ORDER BY id")]
+            return [r[0] for r in self._db.execute("SELECT id FROM exams WHERE frame_pending = 1 ORDER BY id")]
 
     def _background_loop(self) -> None:
         """Off the analysis path, on its own FULL-sync connection: after each commit a PASSIVE checkpoint
@@ -131,7 +133,8 @@ class ExamStore:
         try:
             row = db.execute("SELECT frame_png FROM exams WHERE id = ?", (exam_id,)).fetchone()
             if row is not None:
-                db.execute("UPDATE exams SET frame_png = ? WHERE id = ?", (_recompressed_png(bytes(row[0])), exam_id))
+                db.execute("UPDATE exams SET frame_png = ?, frame_pending = 0 WHERE id = ?",
+                           (_recompressed_png(bytes(row[0])), exam_id))
         except Exception as exc:  # noqa: BLE001 - the uncompressed frame is valid; keep it and say why
             log.warning("exam %s: frame left uncompressed (%s: %s)", exam_id, type(exc).__name__, exc)
 
@@ -169,13 +172,13 @@ class ExamStore:
             raise StoreError(f"exam not stored: not serialisable ({exc})") from exc
         row = (exam["uid"], exam["created"], exam.get("trigger", "upload"), exam.get("patient_id") or None,
                str((exam.get("bundle") or {}).get("sha256", "")), exam_json,
-               bytes(frame_png), bytes(roi_png), bytes(overlay_png))
+               bytes(frame_png), bytes(roi_png), bytes(overlay_png), int(bool(recompress_frame)))
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 cur = self._db.execute(
                     "INSERT INTO exams (uid, created, trigger, patient_id, bundle_sha256, exam_json, frame_png, "
-                    "roi_png, overlay_png) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+                    "roi_png, overlay_png, frame_pending) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 if self._db.in_transaction:
