@@ -20,7 +20,9 @@ ARTIFACTS = ROOT / "test-artifacts"
 
 @pytest.fixture(scope="module")
 def daemon(test_bundle, demo_cine, tmp_path_factory):
-    d = DaemonProcess(test_bundle, tmp_path_factory.mktemp("data"), source=f"video:{demo_cine}",
+    # NOA_EDGE_UPDATE_DOCS_SCREENSHOT=1 runs the page on the shipped demo bundle for docs/screenshot-result.png
+    bundle = ROOT / "firmware_assets" / "demo-phantom" if os.environ.get("NOA_EDGE_UPDATE_DOCS_SCREENSHOT") else test_bundle
+    d = DaemonProcess(bundle, tmp_path_factory.mktemp("data"), source=f"video:{demo_cine}",
                       extra=["--no-auto"]).wait_ready()
     yield d
     d.stop()

@@ -184,7 +184,7 @@
     $("result-basis").textContent = e.basis === "nomogram" ? "nomogram (DL + FSH + volume + EDV)" : "DL-only result — clinical values missing";
     $("result-dl").textContent = fmt(e.dl_probability);
     $("result-nomo").textContent = fmt(e.nomogram_probability);
-    $("result-threshold").textContent = e.threshold;
+    $("result-threshold").textContent = Number(e.threshold).toFixed(3);
     const rows = Object.entries(e.points || {}).map(([k, v]) => "<tr><th>points: " + k + "</th><td>" + v.toFixed(1) + "</td></tr>");
     if (e.total_points !== null && e.total_points !== undefined) rows.push("<tr><th>total points</th><td>" + e.total_points.toFixed(1) + "</td></tr>");
     $("points-table").innerHTML = rows.join("");
