@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -24,22 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edge.bench import bench_input, machine_info, summarize  # noqa: E402
-
-
-def interleave(contenders: dict, runs: int, warmup: int = 3) -> dict:
-    """{name: fn} -> {name: stats}; round-robin with a rotating start, same as `noa-edge bench`."""
-    names = list(contenders)
-    for name in names:
-        for _ in range(warmup):
-            contenders[name]()
-    times = {n: [] for n in names}
-    for i in range(runs):
-        for n in names[i % len(names):] + names[:i % len(names)]:
-            t0 = time.perf_counter()
-            contenders[n]()
-            times[n].append((time.perf_counter() - t0) * 1000.0)
-    return {n: summarize(t) for n, t in times.items()}
+from edge.bench import bench_input, interleave, machine_info  # noqa: E402
 
 
 def interpreter_levers(bundle: Path, manifest: dict, runs: int) -> dict:

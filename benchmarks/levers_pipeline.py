@@ -24,7 +24,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 import types
 from pathlib import Path
 
@@ -34,26 +33,18 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edge.bench import _CineFrames, machine_info, summarize  # noqa: E402
+from edge.bench import _CineFrames, machine_info  # noqa: E402
+from edge.bench import interleave as bench_interleave  # noqa: E402
 
 BASELINE_REV = "ea34dac"  # the pipeline before these levers (cv2 PNGs ×3, RGB ROI search, FULL sync)
 CLINICAL = {"fsh": 20.0, "volume_ml": 8.0, "edv_cm_s": 3.0}
 
 
 def interleave(contenders: dict, runs: int, warmup: int = 2) -> dict:
-    """{name: fn} -> {name: stats}; round robin with a rotating start."""
-    names = list(contenders)
-    for name in names:
-        for _ in range(warmup):
-            contenders[name]()
-    times = {n: [] for n in names}
-    for i in range(runs):
-        for n in names[i % len(names):] + names[:i % len(names)]:
-            t0 = time.perf_counter()
-            contenders[n]()
-            times[n].append((time.perf_counter() - t0) * 1000.0)
-    return {n: {k: round(v, 3) for k, v in summarize(t).items() if k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms")}
-            for n, t in times.items()}
+    """edge.bench.interleave, keeping the columns this table prints."""
+    keep = ("p50_ms", "p90_ms", "p99_ms", "mean_ms")
+    return {n: {k: round(v, 3) for k, v in st.items() if k in keep}
+            for n, st in bench_interleave(contenders, runs, warmup).items()}
 
 
 def load_baseline(rev: str) -> dict[str, types.ModuleType]:

@@ -70,6 +70,22 @@ def summarize(samples_ms) -> dict:
     return out
 
 
+def interleave(contenders: dict, runs: int, warmup: int = 3) -> dict:
+    """{name: fn} -> {name: summarize(ms)}: round-robin with a rotating start, so drift on a shared machine
+    hits every contender alike and their ratios hold (the levers scripts use it)."""
+    names = list(contenders)
+    for name in names:
+        for _ in range(warmup):
+            contenders[name]()
+    times = {n: [] for n in names}
+    for i in range(runs):
+        for n in names[i % len(names):] + names[:i % len(names)]:
+            t0 = time.perf_counter()
+            contenders[n]()
+            times[n].append((time.perf_counter() - t0) * 1000.0)
+    return {n: summarize(t) for n, t in times.items()}
+
+
 def _ms(t0: float) -> float:
     return (time.perf_counter() - t0) * 1000.0
 

@@ -5,7 +5,6 @@ cached in pytest's cache directory, keyed by the builder's source, so reruns are
 from __future__ import annotations
 
 import hashlib
-import json
 import subprocess
 import sys
 import textwrap
