@@ -93,13 +93,16 @@ class DaemonProcess:
     """`noa-edge serve` in a subprocess on a free port (the real CLI, the real server)."""
 
     def __init__(self, bundle: Path, data_dir: Path, source: str = "none", extra: list[str] | None = None,
-                 log_path: Path | None = None):
+                 log_path: Path | None = None, program: list[str] | None = None, threads: int | None = 1):
+        """program: how to call noa-edge (default `python -m edge.cli`; the end-to-end test uses the installed
+        script); threads None leaves the daemon's own default."""
         import os
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.args = [sys.executable, "-m", "edge.cli", "serve", "--bundle", str(bundle), "--data-dir", str(data_dir),
-                     "--source", source, "--port", str(self.port), "--threads", "1", *(extra or [])]
+        self.args = [*(program or [sys.executable, "-m", "edge.cli"]), "serve", "--bundle", str(bundle),
+                     "--data-dir", str(data_dir), "--source", source, "--port", str(self.port),
+                     *(["--threads", str(threads)] if threads else []), *(extra or [])]
         Path(data_dir).mkdir(parents=True, exist_ok=True)
         self.log_path = log_path or (Path(data_dir) / f"daemon-{self.port}.log")
         self._log = open(self.log_path, "ab")

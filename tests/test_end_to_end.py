@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import ROOT, free_port
+from conftest import ROOT, DaemonProcess
 
 pytestmark = pytest.mark.slow  # trains and converts a real (tiny) network: ~3 minutes on 2 cores
 
@@ -188,29 +188,15 @@ def test_serve_analyzes_like_the_runtime(chain):
     runner = ModelRunner(chain.bundle / manifest["variants"]["fp32"]["file"], variant="fp32")
     expected_prob, _ = runner.run(crop_roi(ds.read_image(row), row["roi"], QUICK_SIZE))
 
-    port = free_port()
-    data_dir = chain.work / "daemon-data"
-    cmd = [*noa_edge(), "serve", "--bundle", str(chain.bundle), "--source", "none", "--port", str(port),
-           "--data-dir", str(data_dir)]
-    log_path = chain.work / "serve.log"
-    url = f"http://127.0.0.1:{port}"
     t0 = time.perf_counter()
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=chain.work, stdout=log, stderr=subprocess.STDOUT, env=quiet_env())
+    daemon = DaemonProcess(chain.bundle, chain.work / "daemon-data", program=noa_edge(), threads=None,
+                           log_path=chain.work / "serve.log")
+    url = daemon.url
     try:
         def failure(what: str) -> str:
-            return f"serve: {what}: {' '.join(cmd)}\n--- output (tail) ---\n{log_path.read_text(errors='replace')[-4000:]}"
+            return f"serve: {what}: {' '.join(daemon.args)}\n--- output (tail) ---\n{daemon.log()[-4000:]}"
 
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, failure(f"exited {proc.returncode}")
-            assert time.monotonic() < deadline, failure("not ready after 120 s")
-            try:
-                if httpx.get(url + "/api/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+        daemon.wait_ready(timeout=120)
         chain.times["serve start"] = round(time.perf_counter() - t0, 1)
 
         t0 = time.perf_counter()
@@ -234,9 +220,4 @@ def test_serve_analyzes_like_the_runtime(chain):
         listed = httpx.get(url + "/api/exams", timeout=10).json()
         assert exam["id"] in [e["id"] for e in listed["exams"]] and listed["total"] == 1
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        daemon.stop()
