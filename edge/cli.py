@@ -33,14 +33,8 @@ STAGE_MODULES = [
 
 
 def _register_all() -> None:
-    for name in STAGE_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # stage not built yet
-                continue
-            raise
-        module.register(app)
+    for name in STAGE_MODULES:  # every stage exists: a missing one is a packaging error, not a skip
+        importlib.import_module(name).register(app)
 
 
 @app.command()

@@ -29,4 +29,6 @@ def test_edge_modules_import_without_tf_keras_sklearn():
 def test_cli_help_lists_commands():
     proc = subprocess.run([sys.executable, "-m", "edge.cli", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert "noa-edge" in proc.stdout or "Usage" in proc.stdout
+    for command in ("simulate", "validate", "train", "nomogram", "evaluate", "convert", "bundle", "serve",
+                    "bench", "demo", "version"):
+        assert f" {command} " in proc.stdout, f"command {command!r} missing from noa-edge --help:\n{proc.stdout}"
