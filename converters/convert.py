@@ -1,7 +1,8 @@
 """`noa-edge convert RUN --out firmware_assets/NAME`: trained Keras model -> verified firmware bundle.
 
 Variants per target (docs/CONTRACTS.md, issue 5):
-  cpu     fp32 and fp16 TFLite (XNNPACK), batch 1, static shapes
+  cpu     fp32 and fp16 TFLite (XNNPACK), batch 1, static shapes; fp16 keeps the stem conv fp32
+          (converters/fp16_weights.py says why)
   coral   full-integer int8 TFLite (uint8 pixels in), Edge TPU preflight, `_edgetpu` variant when the
           compiler is on PATH
   jetson  fp16 TFLite and ONNX opset 17 (tf2onnx) for TensorRT
@@ -33,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from . import require_train_extra
+from .fp16_weights import choose_fp16_keep
 
 TARGETS = ("cpu", "coral", "jetson")
 TARGET_VARIANTS = {"cpu": ("fp32", "fp16"), "coral": ("int8",), "jetson": ("fp16", "onnx")}
@@ -43,6 +45,7 @@ TARGETS_FIDELITY = {"fp16": {"max_abs_dprob": 1e-3},
                     "int8": {"abs_delta_auc": 0.01, "agreement": 0.98, "mean_abs_dprob": 0.02}}
 PLACEHOLDER_THRESHOLD = 0.5
 ONNX_OPSET = 17
+FP16_CHOICE_ROIS = 64  # calibration ROIs used to choose which leading tensors stay fp32 (converters/fp16_weights.py)
 INTENDED_USE = ("Research and demonstration of point-of-care NOA-vs-OA prediction from a testicular ultrasound "
                 "ROI plus FSH, testicular volume and EDV. Decision support for a clinician, not a diagnosis.")
 
@@ -193,6 +196,8 @@ def frozen_function(model, size: int, dtype: str):
 
 
 def convert_tflite(function, kind: str, calibration: np.ndarray | None = None, per_channel: bool = True) -> bytes:
+    """The TFLite converter's own fp32 / fp16 / int8. The bundle's fp16 is built by converters.fp16_weights
+    from the fp32 one instead (same format, stem kept fp32); "fp16" here is its reference in the tests."""
     tf = require_train_extra("tensorflow")
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function])
     if kind == "fp16":
@@ -460,6 +465,7 @@ def convert(run_dir: str | Path, out_dir: str | Path, targets=TARGETS, name: str
     fidelity: dict[str, dict] = {}
     runtimes: dict[str, dict] = {}
     wanted = [v for v in ("fp32", "fp16", "int8", "onnx") if any(v in TARGET_VARIANTS[t] for t in targets)]
+    fp32_buf, fp16_choice = None, None
     t = time.perf_counter()
     _log("freezing the graph (uint8 input)")
     frozen_u8 = frozen_function(model, size, "uint8")
@@ -468,8 +474,15 @@ def convert(run_dir: str | Path, out_dir: str | Path, targets=TARGETS, name: str
         t = time.perf_counter()
         path = out / VARIANT_FILES[variant]
         if variant in ("fp32", "fp16"):
-            _log(f"converting {variant} TFLite")
-            buf, in_spec = finalize_tflite(convert_tflite(frozen_u8, variant), raw_pixel_input=True)
+            if fp32_buf is None:
+                _log("converting fp32 TFLite")
+                fp32_buf, fp32_spec = finalize_tflite(convert_tflite(frozen_u8, "fp32"), raw_pixel_input=True)
+            buf, in_spec = fp32_buf, fp32_spec
+            if variant == "fp16":
+                _log("fp16 weights: choosing the leading tensors kept in fp32 on calibration ROIs")
+                pick = np.random.default_rng(seed).permutation(len(x_cal))[:FP16_CHOICE_ROIS]
+                buf, fp16_choice = choose_fp16_keep(fp32_buf, x_cal[np.sort(pick)],
+                                                    TARGETS_FIDELITY["fp16"]["max_abs_dprob"])
             path.write_bytes(buf)
             times[f"convert_{variant}_s"] = time.perf_counter() - t
             probs, cams, info = predict_tflite(path, variant, x_held, progress)
@@ -497,6 +510,8 @@ def convert(run_dir: str | Path, out_dir: str | Path, targets=TARGETS, name: str
         target = "jetson" if variant == "onnx" else ("coral" if variant == "int8" else "cpu")
         variants[variant] = {"file": path.name, "target": target, "dtype": VARIANT_DTYPES[variant],
                              "input": in_spec}
+        if variant == "fp16":
+            variants[variant]["kept_fp32"] = {k: fp16_choice[k] for k in ("kept_tensors", "kept_weights")}
         _log(f"{variant}: {path.stat().st_size / 1e6:.2f} MB, max|Δprob| {metrics['max_abs_dprob']:.2e}, "
              f"mean|Δprob| {metrics['mean_abs_dprob']:.2e}, agreement {metrics['agreement']:.4f} "
              f"({time.perf_counter() - t:.0f} s)")
@@ -528,6 +543,7 @@ def convert(run_dir: str | Path, out_dir: str | Path, targets=TARGETS, name: str
         "targets": TARGETS_FIDELITY,
         "variants": {k: v for k, v in fidelity.items() if not k.startswith("_")},
         "int8_attempts": fidelity.get("_int8_attempts", []),
+        "fp16_choice": fp16_choice,
         "runtimes": runtimes,
         "note": "every variant vs the Keras model on ROIs of patients not used for int8 calibration",
     }
@@ -661,6 +677,11 @@ def _readme(manifest: dict, size: int) -> str:
               "| variant | file | target | dtype |", "|---|---|---|---|"]
     for name, v in manifest["variants"].items():
         lines.append(f"| {name} | `{v['file']}` | {v['target']} | {v['dtype']} |")
+    kept = manifest["variants"].get("fp16", {}).get("kept_fp32")
+    if kept and kept["kept_tensors"]:
+        lines += ["", f"fp16 keeps its first {kept['kept_tensors']} weight tensors ({kept['kept_weights']} numbers, "
+                      "the stem conv with the pixel scaling folded in) in fp32: rounding them cost most of the "
+                      "fp16 error (fidelity.json `fp16_choice`)."]
     lines += ["", f"Input: uint8 RGB `(1, {size}, {size}, 3)` raw pixels (ROI from `edge.preprocess.crop_roi`); "
               "outputs by name: `prob` (1,) and `cam` (h, w).", "",
               "## Jetson (TensorRT)", "",

@@ -255,6 +255,9 @@ def describe(bundle: Bundle) -> list[str]:
     for name, spec in m["variants"].items():
         quant = spec.get("input", {})
         q = f" in: {quant.get('dtype')} scale={quant.get('scale')} zp={quant.get('zero_point')}" if quant else ""
+        kept = spec.get("kept_fp32")
+        if kept:
+            q += f"; first {kept['kept_tensors']} tensors ({kept['kept_weights']} weights) kept fp32"
         lines.append(f"  {name:8s} {spec['file']:28s} {spec.get('target', ''):7s} {spec.get('dtype', ''):8s} "
                      f"{spec['size'] / 1e6:7.2f} MB  sha256 {spec['sha256'][:12]}{q}")
     lines.append(f"defaults    {m['default_variant']}")

@@ -21,6 +21,7 @@ import pytest
 
 from converters.convert import ConvertError, split_rois
 from converters.edgetpu_preflight import format_report, parse_compiler_log, preflight, run_compiler
+from converters.fp16_weights import choose_fp16_keep, fp16_weights
 from edge.bundle import load
 from edge.runtime import ModelRunner
 
@@ -133,6 +134,69 @@ def test_outputs_are_found_by_name_even_without_signature(converted, tmp_path):
     a = ModelRunner(path, variant="int8").run(converted["x"][0])
     b = ModelRunner(stripped, variant="int8").run(converted["x"][0])
     assert a[0] == b[0] and np.array_equal(a[1], b[1])
+
+
+CONVERTER_FP16 = textwrap.dedent(r'''
+    import sys
+    import keras
+    from converters.convert import convert_tflite, finalize_tflite, frozen_function
+    model = keras.models.load_model(sys.argv[1], compile=False)
+    size = int(model.inputs[0].shape[1])
+    buf, _ = finalize_tflite(convert_tflite(frozen_function(model, size, "uint8"), "fp16"), raw_pixel_input=True)
+    open(sys.argv[2], "wb").write(buf)
+''')
+
+
+def _outputs(buf: bytes, x, tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(buf)
+    runner = ModelRunner(path, variant="fp32")
+    probs, cams = zip(*(runner.run(roi) for roi in x))
+    return np.array(probs), np.stack(cams)
+
+
+def test_fp16_rewrite_reproduces_the_converters_fp16_and_fp32_at_the_ends(converted, tmp_path):
+    """keep 0 tensors = the TFLite converter's own fp16 output for output; keep all = the fp32 model."""
+    reference = tmp_path / "converter_fp16.tflite"
+    proc = subprocess.run([sys.executable, "-c", CONVERTER_FP16, str(converted["run"] / "model.keras"),
+                           str(reference)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fp32 = (converted["bundle"] / "model_fp32.tflite").read_bytes()
+    x = converted["x"]
+    ours, info = fp16_weights(fp32, keep_fp32=0)
+    assert info["kept_tensors"] == 0 and info["fp16_tensors"] > 100
+    p_ours, c_ours = _outputs(ours, x, tmp_path, "ours.tflite")
+    p_conv, c_conv = _outputs(reference.read_bytes(), x, tmp_path, "conv.tflite")
+    assert np.array_equal(p_ours, p_conv) and np.array_equal(c_ours, c_conv)
+    assert len(ours) < 0.55 * len(fp32)
+    p32, _ = _outputs(fp32, x, tmp_path, "fp32.tflite")
+    assert not np.array_equal(p_ours, p32)  # fp16 rounding really changed something
+    everything, info = fp16_weights(fp32, keep_fp32=10**6)
+    assert info["fp16_tensors"] == 0
+    assert np.array_equal(_outputs(everything, x, tmp_path, "all32.tflite")[0], p32)
+
+
+def test_fp16_keep_choice_stops_at_the_first_rung_within_target(converted):
+    fp32 = (converted["bundle"] / "model_fp32.tflite").read_bytes()
+    x = converted["x"][:4]
+    _, lax = choose_fp16_keep(fp32, x, max_abs_dprob=1.0, ladder=(0, 2))
+    assert [t["kept_tensors"] for t in lax["tried"]] == [0] and lax["kept_tensors"] == 0
+    _, strict = choose_fp16_keep(fp32, x, max_abs_dprob=0.0, ladder=(0, 2))
+    assert [t["kept_tensors"] for t in strict["tried"]] == [0, 2] and strict["kept_tensors"] == 2
+    assert strict["kept_weights"] > 0
+
+
+def test_bundle_fp16_records_what_it_kept_in_fp32(converted):
+    from converters.edgetpu_preflight import _schema
+    from converters.fp16_weights import constant_float_tensors
+
+    bundle = load(converted["bundle"])
+    kept = bundle.variants["fp16"]["kept_fp32"]
+    choice = bundle.fidelity()["fp16_choice"]
+    assert choice["tried"] and choice["kept_tensors"] == kept["kept_tensors"]
+    schema = _schema()
+    model = schema.ModelT.InitFromPackedBuf(bytearray((converted["bundle"] / "model_fp16.tflite").read_bytes()), 0)
+    assert len(constant_float_tensors(model)) == kept["kept_tensors"]  # the rest are fp16 + DEQUANTIZE
 
 
 def test_onnx_matches_keras(converted):
