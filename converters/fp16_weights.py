@@ -52,15 +52,26 @@ def constant_float_tensors(model) -> list[int]:
 def fp16_weights(fp32_tflite: bytes, keep_fp32: int = 0) -> tuple[bytes, dict]:
     """Rewrite an fp32 TFLite flatbuffer with fp16 weights, except the first `keep_fp32` constant float
     tensors in graph order. Returns the flatbuffer and {"kept_tensors", "kept_weights", "fp16_tensors"}."""
+    order = constant_float_tensors(_read(fp32_tflite))
+    return fp16_round(fp32_tflite, order[keep_fp32:])
+
+
+def _read(buf: bytes):
+    model = _schema().ModelT.InitFromPackedBuf(bytearray(buf), 0)
+    if len(model.subgraphs) != 1:
+        raise ValueError(f"expected one subgraph, found {len(model.subgraphs)}")
+    return model
+
+
+def fp16_round(fp32_tflite: bytes, rounded: list[int]) -> tuple[bytes, dict]:
+    """Store the given constant float tensors (indices) as fp16 + DEQUANTIZE; the others stay fp32."""
     import flatbuffers
 
     schema = _schema()
-    model = schema.ModelT.InitFromPackedBuf(bytearray(fp32_tflite), 0)
-    if len(model.subgraphs) != 1:
-        raise ValueError(f"expected one subgraph, found {len(model.subgraphs)}")
+    model = _read(fp32_tflite)
     graph = model.subgraphs[0]
-    order = constant_float_tensors(model)
-    kept, rounded = order[:keep_fp32], order[keep_fp32:]
+    rounded_set = set(rounded)
+    kept = [i for i in constant_float_tensors(model) if i not in rounded_set]
 
     deq = schema.BuiltinOperator.DEQUANTIZE
     codes = model.operatorCodes
