@@ -608,12 +608,11 @@ def _int8_attempts(frozen_f, x_cal, data, size, path, x_held, labels, reference,
         # scanner, same crop, never part of the NOA-vs-OA fidelity set), else horizontal flips.
         controls = [r for r in data.labelled_images(include_controls=True) if r["group"] == "control"]
         if controls:
-            extra = crop_rows(data, controls, size, "crop control ROIs", progress)
-            plans.append((f"per-channel, calibration set + {len(controls)} control ROIs", True,
-                          np.concatenate([x_cal, extra])))
+            more = f"calibration set + {len(controls)} control ROIs"
+            x_more = np.concatenate([x_cal, crop_rows(data, controls, size, "crop control ROIs", progress)])
         else:
-            plans.append(("per-channel, calibration set + horizontal flips", True,
-                          np.concatenate([x_cal, x_cal[:, :, ::-1]])))
+            more, x_more = "calibration set + horizontal flips", np.concatenate([x_cal, x_cal[:, :, ::-1]])
+        plans += [(f"per-channel, {more}", True, x_more), (f"per-tensor weights, {more}", False, x_more)]
     for label, per_channel, x in plans:
         t = time.perf_counter()
         _log(f"converting int8 ({label}, {len(x)} ROIs)")
