@@ -716,11 +716,11 @@ def _model_card(manifest: dict, fidelity: dict, data) -> str:
     lines += ["## Training data",
               f"Dataset `{prov.get('dataset')}` (sha256 {prov.get('dataset_sha256')}), run `{prov.get('run')}`, "
               f"source kind {data.meta.get('source', {}).get('kind')}. Cross-validated AUC (patient-grouped 5-fold): "
-              f"{prov.get('cv_auc')}.", "",
+              f"{_fmt(prov.get('cv_auc'))}.", "",
               "## Nomogram",
               ("PLACEHOLDER — no fitted nomogram was available at conversion; the DL probability alone at 0.5."
                if nomo.get("placeholder") else
-               f"Fitted logistic nomogram, threshold {nomo.get('threshold')} ({nomo.get('threshold_method')})."), "",
+               f"Fitted logistic nomogram, threshold {_fmt(nomo.get('threshold'))} ({nomo.get('threshold_method')})."), "",
               "## Fidelity of the device variants vs the Keras model",
               f"{fidelity['n_rois']} held-out ROIs from {fidelity['n_patients']} patients not used for calibration; "
               f"agreement basis: {fidelity['threshold_basis']}. Keras AUC on these ROIs: {_fmt(fidelity['keras']['auc'])}.",
@@ -743,7 +743,9 @@ def _model_card(manifest: dict, fidelity: dict, data) -> str:
 
 
 def _fmt(value, digits: int = 4) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
+    if value is None:
+        return "—"
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else str(value)
 
 
 # --------------------------------------------------------------------------------------------
