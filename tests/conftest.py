@@ -37,18 +37,10 @@ _BUILD = textwrap.dedent(r'''
     data = converter.convert()
     (out / "model_fp32.tflite").write_bytes(data)
 
-    predictors = [
-        {"name": "dl_logit", "source": "dl_probability", "transform": "logit", "coef": 1.2,
-         "label": "DL probability", "unit": "", "range": [0.001, 0.999]},
-        {"name": "fsh", "source": "fsh", "transform": "identity", "coef": 0.2, "label": "Serum FSH",
-         "unit": "IU/L", "range": [0, 200]},
-        {"name": "volume_ml", "source": "volume_ml", "transform": "identity", "coef": -0.3,
-         "label": "Testicular volume", "unit": "mL", "range": [0.5, 60]},
-        {"name": "edv_cm_s", "source": "edv_cm_s", "transform": "identity", "coef": -0.5, "label": "EDV",
-         "unit": "cm/s", "range": [0, 50]}]
-    axes = {"dl_logit": (0.01, 0.99), "fsh": (0, 60), "volume_ml": (1, 30), "edv_cm_s": (0, 10)}
+    sys.path.insert(0, "benchmarks")
+    from make_bench_models import AXES, TEST_PREDICTORS  # the one fixed test nomogram (bench models share it)
     nomogram = {"schema": "noa-edge.nomogram/1", "placeholder": False, "intercept": 0.5,
-                "predictors": predictors, "points": points_scaling(predictors, axes),
+                "predictors": TEST_PREDICTORS, "points": points_scaling(TEST_PREDICTORS, AXES),
                 "threshold": 0.5, "threshold_method": "fixed_test_fixture"}
     (out / "MODEL_CARD.md").write_text("# test bundle\nTiny MobileNetV2 CAM model fitted on noise, for tests only.\n")
     manifest = {
@@ -71,7 +63,8 @@ _BUILD = textwrap.dedent(r'''
 @pytest.fixture(scope="session")
 def test_bundle(request) -> Path:
     """Path to a small real bundle (fp32 TFLite, nomogram, synthetic_demo true)."""
-    key = hashlib.sha256((_BUILD + str(TEST_BUNDLE_SIZE)).encode()).hexdigest()[:12]
+    shared = (ROOT / "benchmarks" / "make_bench_models.py").read_text()
+    key = hashlib.sha256((_BUILD + shared + str(TEST_BUNDLE_SIZE)).encode()).hexdigest()[:12]
     out = Path(request.config.cache.mkdir("noa-edge-test-bundle")) / key
     if not (out / "manifest.json").is_file():
         proc = subprocess.run([sys.executable, "-c", _BUILD, str(out), str(TEST_BUNDLE_SIZE)], cwd=ROOT,
