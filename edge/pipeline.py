@@ -132,8 +132,9 @@ def _stage(timings: dict, name: str):
         timings[name] = round((time.perf_counter() - t0) * 1000.0, 3)
 
 
-def _png_chunk(tag: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(tag)))
+def _png_chunk(tag: bytes, data: bytes) -> list[bytes]:
+    """The chunk's parts, joined once by the caller (the IDAT of a stored frame is ~1.4 MB: no extra copies)."""
+    return [struct.pack(">I", len(data)), tag, data, struct.pack(">I", zlib.crc32(data, zlib.crc32(tag)))]
 
 
 def png_bytes(image: np.ndarray, level: int = 1) -> bytes:
@@ -151,8 +152,8 @@ def png_bytes(image: np.ndarray, level: int = 1) -> bytes:
     raw[:, 0] = 0  # filter type "none" on every row
     raw[:, 1:] = img.reshape(h, w * channels)
     header = struct.pack(">IIBBBBB", w, h, 8, 0 if channels == 1 else 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
-            + _png_chunk(b"IDAT", zlib.compress(raw.data, level)) + _png_chunk(b"IEND", b""))
+    return b"".join([b"\x89PNG\r\n\x1a\n", *_png_chunk(b"IHDR", header),
+                     *_png_chunk(b"IDAT", zlib.compress(raw.data, level)), *_png_chunk(b"IEND", b"")])
 
 
 def jpeg_bytes(rgb: np.ndarray, quality: int = 90) -> bytes:
@@ -163,23 +164,27 @@ def jpeg_bytes(rgb: np.ndarray, quality: int = 90) -> bytes:
     return buf.tobytes()
 
 
-def gray_if_gray(rgb: np.ndarray) -> np.ndarray:
+def gray_if_gray(rgb: np.ndarray, gray: np.ndarray | None = None) -> np.ndarray:
     """The 1-channel frame when all three channels are equal (a true grayscale frame: DICOM, PNG export),
-    else the RGB frame unchanged. A sparse sample is checked first so colour frames exit at once."""
+    else the RGB frame unchanged. A sparse sample is checked first so colour frames exit at once.
+    `gray`: the frame's cv2 RGB2GRAY if the caller has it (that conversion returns the channel value
+    exactly when R = G = B, so one comparison against it decides)."""
     if rgb.ndim == 2:
         return rgb
     sample = rgb[::31, ::31]
     if not (np.array_equal(sample[..., 0], sample[..., 1]) and np.array_equal(sample[..., 1], sample[..., 2])):
         return rgb
-    if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]):
-        return np.ascontiguousarray(rgb[..., 0])
+    if gray is None:
+        gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    if cv2.norm(rgb, cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB), cv2.NORM_INF) == 0:
+        return gray
     return rgb
 
 
-def frame_png_bytes(frame_rgb: np.ndarray, level: int = 1) -> bytes:
+def frame_png_bytes(frame_rgb: np.ndarray, level: int = 1, gray: np.ndarray | None = None) -> bytes:
     """The stored frame: lossless PNG, 1-channel when the frame is grayscale (a third of the bytes and
     time; PNG readers give RGB back: Pillow .convert("RGB"), cv2.IMREAD_COLOR, browsers)."""
-    return png_bytes(gray_if_gray(frame_rgb), level)
+    return png_bytes(gray_if_gray(frame_rgb, gray), level)
 
 
 def roi_view(frame: np.ndarray, roi: Box) -> np.ndarray:
@@ -320,7 +325,7 @@ class Analyzer:
                 result = self._score(prob, clinical)
             with _stage(timings, "encode"):
                 overlay_png = jpeg_bytes(overlay)  # a picture; the frame stays lossless
-                frame_png = frame_png_bytes(frame_rgb, self.frame_png_level)
+                frame_png = frame_png_bytes(frame_rgb, self.frame_png_level, gray)
             exam = {
                 "trigger": trigger, "source": source, "patient_id": patient_id or None,
                 "frame_size": [int(frame_rgb.shape[1]), int(frame_rgb.shape[0])],

@@ -163,11 +163,24 @@ def parse_roi(text: str, shape) -> Box:
     except ValueError:
         raise ValueError(f"roi must be 'x,y,w,h' (4 integers), got {text!r}") from None
     H, W = shape[:2]
-    if w < 8 or h < 8:
-        raise ValueError(f"roi {x},{y},{w},{h} is too small (at least 8×8 pixels)")
-    if x < 0 or y < 0 or x + w > W or y + h > H:
-        raise ValueError(f"roi {x},{y},{w},{h} lies outside the {W}×{H} image")
+    problem = box_problem((x, y, w, h), W, H, min_side=8)
+    if problem:
+        raise ValueError(problem)
     return (x, y, w, h)
+
+
+def box_problem(box, width: int, height: int, min_side: int = 1) -> str | None:
+    """Why `box` (x, y, w, h) is not a usable ROI of a width×height image, or None. Shared by the form
+    parser (8 px minimum) and the store, which derives the ROI image from the stored frame later."""
+    if not (isinstance(box, (list, tuple)) and len(box) == 4
+            and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in box)):
+        return f"roi must be 4 integers [x, y, w, h], got {box!r}"
+    x, y, w, h = (int(v) for v in box)
+    if w < min_side or h < min_side:
+        return f"roi {x},{y},{w},{h} is too small (at least {min_side}×{min_side} pixels)"
+    if x < 0 or y < 0 or x + w > width or y + h > height:
+        return f"roi {x},{y},{w},{h} lies outside the {width}×{height} image"
+    return None
 
 
 def iou(a: Box, b: Box) -> float:

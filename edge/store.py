@@ -159,6 +159,12 @@ class ExamStore:
             if not (isinstance(roi, (list, tuple)) and len(roi) == 4):
                 raise StoreError(f"exam has no roi [x, y, w, h] (got {roi!r}) to derive its ROI image from; "
                                  "nothing stored")
+            from .roi import box_problem
+
+            size = exam.get("frame_size") or [1 << 30, 1 << 30]  # bounds checked when the frame size is known
+            problem = box_problem(roi, int(size[0]), int(size[1]))
+            if problem:
+                raise StoreError(f"{problem}; nothing stored")
             roi_png = b""
         elif not isinstance(roi_png, (bytes, bytearray)) or not roi_png:
             raise StoreError("exam image roi_png is empty; nothing stored")
@@ -191,17 +197,16 @@ class ExamStore:
         return {"id": cur.lastrowid, **exam}
 
     def get_exam(self, exam_id: int, with_images: bool = False) -> dict | None:
-        """The exam dict (as stored) plus `id`; with_images adds frame_png/roi_png/overlay_png bytes."""
-        cols = "id, exam_json" + (", frame_png, roi_png, overlay_png" if with_images else "")
+        """The exam dict (as stored) plus `id`; with_images adds frame_png/overlay_png bytes (the ROI image
+        is derived on demand by get_image(id, "roi"): reports and exports never read it)."""
+        cols = "id, exam_json" + (", frame_png, overlay_png" if with_images else "")
         with self._lock:
             row = self._db.execute(f"SELECT {cols} FROM exams WHERE id = ?", (int(exam_id),)).fetchone()
         if row is None:
             return None
         exam = {"id": row[0], **json.loads(row[1])}
         if with_images:
-            frame_png = bytes(row[2])
-            exam.update(frame_png=frame_png, roi_png=bytes(row[3]) or _derived_roi_png(frame_png, exam["roi"]),
-                        overlay_png=bytes(row[4]))
+            exam.update(frame_png=bytes(row[2]), overlay_png=bytes(row[3]))
         return exam
 
     def list_exams(self, limit: int = 50, offset: int = 0) -> list[dict]:

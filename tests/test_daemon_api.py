@@ -84,8 +84,10 @@ def test_analyze_with_and_without_clinical_values(client, demo_cine):
 
     svg = client.get(exam["links"]["nomogram_svg"])
     assert svg.status_code == 200 and svg.text.startswith("<svg") and "#c0392b" in svg.text  # patient marked
-    for kind in ("frame", "roi", "overlay"):
-        img = cv2.imdecode(np.frombuffer(client.get(exam["links"][kind]).content, np.uint8), cv2.IMREAD_COLOR)
+    for kind, media in (("frame", "image/png"), ("roi", "image/png"), ("overlay", "image/jpeg")):
+        r = client.get(exam["links"][kind])
+        assert r.headers["content-type"] == media, kind  # the overlay is a JPEG picture; frame and ROI lossless
+        img = cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_COLOR)
         assert img is not None and img.shape[0] > 32, kind
     frame = cv2.imdecode(np.frombuffer(client.get(exam["links"]["frame"]).content, np.uint8), cv2.IMREAD_COLOR)
     assert np.array_equal(frame, cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR))  # lossless
