@@ -685,7 +685,7 @@ def _train(cfg, ds, rows, labels, groups, fold_of, run, log, t_start, tqdm) -> d
         ],
     }
     _write_json(run / "cv_report.json", report)
-    (run / "cv_report.html").write_text(_html_report(report, run), encoding="utf-8")
+    (run / "cv_report.html").write_text(_html_report(report, run, labels, groups), encoding="utf-8")
     run_json = {
         "dataset": str(Path(cfg.dataset).resolve()), "dataset_sha256": dsha, "input_size": cfg.input_size,
         "backbones": cfg.backbones, "selected_backbone": best_name, "seed": cfg.seed, "folds": cfg.folds,
@@ -775,11 +775,8 @@ def _final_model(cfg, backbone, result, trainer, rois, labels, run: Path, sha: s
     os.replace(tmp, model_path)
     rec = {"backbone": backbone, "epochs": epochs, "settings_sha": sha, "history": out["history"],
            "n_images": len(labels), "head_bias": trainer.head_bias(),
-           "cam_shape": [int(d) for d in trainer.model.output_shape["cam"][1:]] if isinstance(
-               trainer.model.output_shape, dict) else None,
+           "cam_shape": [int(d) for d in trainer.model.get_layer("cam").output.shape[1:]],
            "wall_s": round(time.perf_counter() - t0, 1), "file": "model.keras"}
-    if rec["cam_shape"] is None:
-        rec["cam_shape"] = [int(d) for d in trainer.model.get_layer("cam").output.shape[1:]]
     _write_json(marker, rec)
     log.info("final model: %s (%.0f s)", model_path, rec["wall_s"])
     return rec
@@ -856,7 +853,8 @@ def _figure_png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _roc_figure(report: dict, level: str) -> str:
+def _roc_figure(report: dict, level: str, labels: np.ndarray, groups: np.ndarray) -> str:
+    """Every backbone's pooled OOF ROC; its probabilities are in the cohort's row order, like labels/groups."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -866,10 +864,9 @@ def _roc_figure(report: dict, level: str) -> str:
 
     fig, ax = plt.subplots(figsize=(5, 5))
     for name, res in report["backbones"].items():
-        if level == "image":
-            y, p = res["_y"], np.array(res["oof"]["prob"])
-        else:
-            _, y, p = patient_level(res["_patients"], res["_y"], np.array(res["oof"]["prob"]))
+        y, p = labels, np.array(res["oof"]["prob"])
+        if level == "patient":
+            _, y, p = patient_level(groups, y, p)
         rc = roc_curve(y, p)
         auc = res["pooled"][level]["auc"]
         ax.plot(1 - rc["specificity"], rc["sensitivity"], label=f"{name} (AUC {_fmt(auc)})")
@@ -905,16 +902,9 @@ def _curves_figure(name: str, res: dict) -> str:
     return _figure_png(fig)
 
 
-def _html_report(report: dict, run: Path) -> str:
+def _html_report(report: dict, run: Path, labels: np.ndarray, groups: np.ndarray) -> str:
     import base64
     from html import escape
-
-    with open(run / "oof_predictions.csv", newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    for name, res in report["backbones"].items():  # labels for the ROC curves (removed again below)
-        mine = [r for r in rows if r["backbone"] == name]
-        res["_y"] = np.array([int(r["label"]) for r in mine])
-        res["_patients"] = [r["patient_id"] for r in mine]
 
     def metric_cells(m):
         ci = m.get("auc_ci")
@@ -945,8 +935,8 @@ def _html_report(report: dict, run: Path) -> str:
                      f"<td>{_fmt(im.get('sensitivity'))}</td><td>{_fmt(im.get('specificity'))}</td>"
                      f"<td>{res['fold_wall_s']:.0f} s</td></tr>")
     parts.append("</table>")
-    parts.append(f"<img alt='ROC image level' src='data:image/png;base64,{_roc_figure(report, 'image')}'>")
-    parts.append(f"<img alt='ROC patient level' src='data:image/png;base64,{_roc_figure(report, 'patient')}'>")
+    parts.append(f"<img alt='ROC image level' src='data:image/png;base64,{_roc_figure(report, 'image', labels, groups)}'>")
+    parts.append(f"<img alt='ROC patient level' src='data:image/png;base64,{_roc_figure(report, 'patient', labels, groups)}'>")
     for name, res in report["backbones"].items():
         parts.append(f"<h2>{escape(name)}</h2>")
         for level in ("image", "patient"):
@@ -967,9 +957,6 @@ def _html_report(report: dict, run: Path) -> str:
                      f"<figcaption>{escape(g['category'])}</figcaption></figure>")
     parts.append("</div><h2>Notes</h2><ul>" + "".join(f"<li>{escape(n)}</li>" for n in report["notes"]) + "</ul>")
     parts.append("</body></html>")
-    for res in report["backbones"].values():
-        res.pop("_y", None)
-        res.pop("_patients", None)
     return "\n".join(parts)
 
 
