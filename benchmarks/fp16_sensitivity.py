@@ -17,10 +17,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from converters.convert import crop_rows  # noqa: E402
 from converters.dataset import load_dataset  # noqa: E402
-from converters.fp16_weights import _probs, _read, constant_float_tensors, fp16_round  # noqa: E402
+from converters.fp16_weights import constant_float_tensors, fp16_round, read_tflite, tflite_probs  # noqa: E402
 from edge.bundle import load  # noqa: E402
-from edge.preprocess import crop_roi  # noqa: E402
 
 
 def main() -> None:
@@ -36,15 +36,15 @@ def main() -> None:
     fp32 = (Path(args.bundle) / bundle.variants["fp32"]["file"]).read_bytes()
     data = load_dataset(args.dataset)
     rows = data.images[:: max(1, len(data.images) // args.rois)][: args.rois]
-    x = np.stack([crop_roi(data.read_image(r), r["roi"], size) for r in rows])
-    reference = _probs(fp32, x)
-    model = _read(fp32)
+    x = crop_rows(data, rows, size, "crop ROIs", progress=False)
+    reference = tflite_probs(fp32, x)
+    model = read_tflite(fp32)
     order = constant_float_tensors(model)
     graph = model.subgraphs[0]
     n_weights = [len(model.buffers[graph.tensors[i].buffer].data) // 4 for i in order]
 
     def report(label: str, rounded: list[int]) -> None:
-        diff = np.abs(_probs(fp16_round(fp32, rounded)[0], x) - reference)
+        diff = np.abs(tflite_probs(fp16_round(fp32, rounded)[0], x) - reference)
         print(f"{label:48s} max|dprob| {diff.max():.2e}  mean {diff.mean():.2e}")
 
     print(f"{args.bundle}: {len(order)} constant tensors, {sum(n_weights)} weights, {len(x)} ROIs at {size} px")

@@ -21,13 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from converters.edgetpu_preflight import _schema
+
 KEEP_LADDER = (0, 2, 5, 10, 20, 40, 80)
-
-
-def _schema():
-    from converters.edgetpu_preflight import _schema as schema
-
-    return schema()
 
 
 def _is_constant(model, tensor) -> bool:
@@ -49,29 +45,39 @@ def constant_float_tensors(model) -> list[int]:
     return sorted(found, key=lambda i: (first_use[i], i))
 
 
-def fp16_weights(fp32_tflite: bytes, keep_fp32: int = 0) -> tuple[bytes, dict]:
-    """Rewrite an fp32 TFLite flatbuffer with fp16 weights, except the first `keep_fp32` constant float
-    tensors in graph order. Returns the flatbuffer and {"kept_tensors", "kept_weights", "fp16_tensors"}."""
-    order = constant_float_tensors(_read(fp32_tflite))
-    return fp16_round(fp32_tflite, order[keep_fp32:])
-
-
-def _read(buf: bytes):
+def read_tflite(buf: bytes):
+    """The flatbuffer as an object tree (schema.ModelT); one subgraph, as our converter writes."""
+    if len(buf) < 8 or buf[4:8] != b"TFL3":
+        raise ValueError("not a TFLite flatbuffer (no TFL3 file identifier)")
     model = _schema().ModelT.InitFromPackedBuf(bytearray(buf), 0)
     if len(model.subgraphs) != 1:
         raise ValueError(f"expected one subgraph, found {len(model.subgraphs)}")
     return model
 
 
+def fp16_weights(fp32_tflite: bytes, keep_fp32: int = 0) -> tuple[bytes, dict]:
+    """Rewrite an fp32 TFLite flatbuffer with fp16 weights, except the first `keep_fp32` constant float
+    tensors in graph order. Returns the flatbuffer and {"kept_tensors", "kept_weights", "fp16_tensors"}."""
+    model = read_tflite(fp32_tflite)
+    return _rewrite(model, constant_float_tensors(model)[keep_fp32:], len(fp32_tflite))
+
+
 def fp16_round(fp32_tflite: bytes, rounded: list[int]) -> tuple[bytes, dict]:
     """Store the given constant float tensors (indices) as fp16 + DEQUANTIZE; the others stay fp32."""
+    return _rewrite(read_tflite(fp32_tflite), rounded, len(fp32_tflite))
+
+
+def _rewrite(model, rounded: list[int], size_hint: int) -> tuple[bytes, dict]:
     import flatbuffers
 
     schema = _schema()
-    model = _read(fp32_tflite)
     graph = model.subgraphs[0]
+    order = constant_float_tensors(model)
+    not_weights = sorted(set(rounded) - set(order))
+    if not_weights:
+        raise ValueError(f"tensors {not_weights[:5]} are not constant float32 weights")
     rounded_set = set(rounded)
-    kept = [i for i in constant_float_tensors(model) if i not in rounded_set]
+    kept = [i for i in order if i not in rounded_set]
 
     deq = schema.BuiltinOperator.DEQUANTIZE
     codes = model.operatorCodes
@@ -105,14 +111,15 @@ def fp16_round(fp32_tflite: bytes, rounded: list[int]) -> tuple[bytes, dict]:
     for b, buffer in enumerate(model.buffers):  # drop fp32 copies nothing points at any more
         if b not in used and buffer.data is not None:
             buffer.data = None
-    builder = flatbuffers.Builder(len(fp32_tflite) + 4096)
+    builder = flatbuffers.Builder(size_hint + 4096)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     sizes = [len(model.buffers[graph.tensors[i].buffer].data) // 4 for i in kept]
     return bytes(builder.Output()), {"kept_tensors": len(kept), "kept_weights": int(sum(sizes)),
                                      "fp16_tensors": len(rounded)}
 
 
-def _probs(buf: bytes, x: np.ndarray) -> np.ndarray:
+def tflite_probs(buf: bytes, x: np.ndarray) -> np.ndarray:
+    """DL probability per ROI through the device wrapper (edge.runtime.ModelRunner)."""
     from edge.runtime import ModelRunner
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -127,11 +134,11 @@ def choose_fp16_keep(fp32_tflite: bytes, x_calibration: np.ndarray, max_abs_dpro
     """The fewest kept-fp32 tensors (from `ladder`) whose fp16 model stays within half the target
     max |dprob| of the fp32 model on the calibration ROIs; the last rung if none does.
     Returns the flatbuffer and {"kept_tensors", "kept_weights", "fp16_tensors", "tried": [...]}."""
-    reference = _probs(fp32_tflite, x_calibration)
+    reference = tflite_probs(fp32_tflite, x_calibration)
     tried = []
     for keep in ladder:
         buf, info = fp16_weights(fp32_tflite, keep)
-        worst = float(np.abs(_probs(buf, x_calibration) - reference).max())
+        worst = float(np.abs(tflite_probs(buf, x_calibration) - reference).max())
         tried.append({"kept_tensors": info["kept_tensors"], "kept_weights": info["kept_weights"],
                       "calibration_max_abs_dprob": worst})
         if worst <= max_abs_dprob / 2:

@@ -21,7 +21,7 @@ import pytest
 
 from converters.convert import ConvertError, split_rois
 from converters.edgetpu_preflight import format_report, parse_compiler_log, preflight, run_compiler
-from converters.fp16_weights import choose_fp16_keep, fp16_weights
+from converters.fp16_weights import choose_fp16_keep, fp16_round, fp16_weights, read_tflite
 from edge.bundle import load
 from edge.runtime import ModelRunner
 
@@ -186,16 +186,23 @@ def test_fp16_keep_choice_stops_at_the_first_rung_within_target(converted):
     assert strict["kept_weights"] > 0
 
 
+def test_fp16_rewrite_refuses_bad_input(converted):
+    with pytest.raises(ValueError, match="not a TFLite flatbuffer"):
+        fp16_weights(b"PK\x03\x04 this is a zip, not a model")
+    fp32 = (converted["bundle"] / "model_fp32.tflite").read_bytes()
+    graph_input = read_tflite(fp32).subgraphs[0].inputs[0]
+    with pytest.raises(ValueError, match="not constant float32 weights"):
+        fp16_round(fp32, [graph_input])
+
+
 def test_bundle_fp16_records_what_it_kept_in_fp32(converted):
-    from converters.edgetpu_preflight import _schema
     from converters.fp16_weights import constant_float_tensors
 
     bundle = load(converted["bundle"])
     kept = bundle.variants["fp16"]["kept_fp32"]
     choice = bundle.fidelity()["fp16_choice"]
     assert choice["tried"] and choice["kept_tensors"] == kept["kept_tensors"]
-    schema = _schema()
-    model = schema.ModelT.InitFromPackedBuf(bytearray((converted["bundle"] / "model_fp16.tflite").read_bytes()), 0)
+    model = read_tflite((converted["bundle"] / "model_fp16.tflite").read_bytes())
     assert len(constant_float_tensors(model)) == kept["kept_tensors"]  # the rest are fp16 + DEQUANTIZE
 
 
