@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from converters.convert import crop_rows  # noqa: E402
 from converters.dataset import load_dataset  # noqa: E402
-from converters.fp16_weights import constant_float_tensors, fp16_round, read_tflite, tflite_probs  # noqa: E402
+from converters.fp16_weights import constant_float_tensors, fp16_round, tflite_probs  # noqa: E402
+from converters.tflite_flatbuffer import read_tflite  # noqa: E402
 from edge.bundle import load  # noqa: E402
 
 

@@ -23,7 +23,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edge.bench import bench_input, interleave, machine_info  # noqa: E402
+from edge.bench.contenders import bench_input  # noqa: E402
+from edge.bench.report import machine_info  # noqa: E402
+from edge.bench.stats import interleave  # noqa: E402
 
 
 def interpreter_levers(bundle: Path, manifest: dict, runs: int) -> dict:
@@ -73,7 +75,7 @@ def copy_levers(bundle: Path, manifest: dict, runs: int) -> dict:
 
 
 def stage_levers(size: int, runs: int) -> dict:
-    from edge.pipeline import CAM_SIZE_MIN, cam_overlay
+    from edge.cam import CAM_SIZE_MIN, cam_overlay
     from edge.preprocess import crop_roi
     from edge.roi import find_image_area, propose_roi
 

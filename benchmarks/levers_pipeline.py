@@ -33,15 +33,16 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edge.bench import _CineFrames, machine_info  # noqa: E402
-from edge.bench import interleave as bench_interleave  # noqa: E402
+from edge.bench.pipeline import _CineFrames  # noqa: E402
+from edge.bench.report import machine_info  # noqa: E402
+from edge.bench.stats import interleave as bench_interleave  # noqa: E402
 
 BASELINE_REV = "ea34dac"  # the pipeline before these levers (cv2 PNGs ×3, RGB ROI search, FULL sync)
 CLINICAL = {"fsh": 20.0, "volume_ml": 8.0, "edv_cm_s": 3.0}
 
 
 def interleave(contenders: dict, runs: int, warmup: int = 2) -> dict:
-    """edge.bench.interleave, keeping the columns this table prints."""
+    """edge.bench.stats.interleave, keeping the columns this table prints."""
     keep = ("p50_ms", "p90_ms", "p99_ms", "mean_ms")
     return {n: {k: round(v, 3) for k, v in st.items() if k in keep}
             for n, st in bench_interleave(contenders, runs, warmup).items()}
@@ -65,7 +66,7 @@ def load_baseline(rev: str) -> dict[str, types.ModuleType]:
 
 
 def stage_levers(frames: _CineFrames, base: dict, runs: int, tmp: Path) -> dict:
-    from edge import pipeline, roi, store
+    from edge import cam, imaging, roi, store
     from edge.store import _recompressed_png
 
     frame = frames.frozen[0]
@@ -74,22 +75,22 @@ def stage_levers(frames: _CineFrames, base: dict, runs: int, tmp: Path) -> dict:
     gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
     area = roi.find_image_area(gray)
     box = roi.propose_roi(gray, area)
-    view = pipeline.roi_view(frame, box)
+    view = cam.roi_view(frame, box)
     cam = np.random.default_rng(0).random((7, 7)).astype(np.float32)
-    overlay = pipeline.cam_overlay(view, cam, True)
+    overlay = cam.cam_overlay(view, cam, True)
     out: dict = {"frame_size": list(frame.shape[1::-1]), "roi_view_size": list(view.shape[1::-1])}
 
-    level0 = pipeline.png_bytes(frame, level=0)
+    level0 = imaging.png_bytes(frame, level=0)
     rle = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
     frame_fns = {
         "cv2 level 1 (before)": lambda: base["pipeline"].png_bytes(frame),
-        "png_bytes level 1": lambda: pipeline.png_bytes(frame),
-        "png_bytes level 0 (kept, on the path)": lambda: pipeline.png_bytes(frame, level=0),
+        "png_bytes level 1": lambda: imaging.png_bytes(frame),
+        "png_bytes level 0 (kept, on the path)": lambda: imaging.png_bytes(frame, level=0),
         "deferred, off the path: recompress level 0 -> 1": lambda: _recompressed_png(level0),
         "cv2 level 1 Z_RLE": lambda: cv2.imencode(".png", bgr, rle)[1].tobytes(),
         "grayscale frame: cv2 level 1 RGB (before)": lambda: base["pipeline"].png_bytes(gray_frame),
-        "grayscale frame: frame_png_bytes (1-channel)": lambda: pipeline.frame_png_bytes(gray_frame),
-        "colour frame: gray check (frame_png_bytes - png_bytes)": lambda: pipeline.gray_if_gray(frame),
+        "grayscale frame: frame_png_bytes (1-channel)": lambda: imaging.frame_png_bytes(gray_frame),
+        "colour frame: gray check (frame_png_bytes - png_bytes)": lambda: imaging.gray_if_gray(frame),
     }
     out["frame_png"] = interleave(frame_fns, runs)
     for name, fn in frame_fns.items():
@@ -98,24 +99,24 @@ def stage_levers(frames: _CineFrames, base: dict, runs: int, tmp: Path) -> dict:
             out["frame_png"][name]["bytes"] = len(blob)
 
     st = store.ExamStore(tmp / "derive")
-    exam = st.add_exam({"roi": list(box), "bundle": {"sha256": "x"}}, pipeline.frame_png_bytes(frame), None,
-                       pipeline.png_bytes(overlay))
+    exam = st.add_exam({"roi": list(box), "bundle": {"sha256": "x"}}, imaging.frame_png_bytes(frame), None,
+                       imaging.png_bytes(overlay))
     roi_fns = {"encode ROI PNG on every analysis (before)": lambda: base["pipeline"].png_bytes(view),
                "derive on request (store.get_image 'roi')": lambda: st.get_image(exam["id"], "roi")}
     out["roi_png"] = interleave(roi_fns, runs)
     st.close()
 
     overlay_fns = {"cv2 PNG level 1 (before)": lambda: base["pipeline"].png_bytes(overlay),
-                   "png_bytes level 1": lambda: pipeline.png_bytes(overlay),
-                   "jpeg_bytes q90 (kept)": lambda: pipeline.jpeg_bytes(overlay)}
+                   "png_bytes level 1": lambda: imaging.png_bytes(overlay),
+                   "jpeg_bytes q90 (kept)": lambda: imaging.jpeg_bytes(overlay)}
     out["overlay_encode"] = interleave(overlay_fns, runs)
     for name, fn in overlay_fns.items():
         out["overlay_encode"][name]["bytes"] = len(fn())
 
     cam_fns = {"float blend (before)": lambda: base["pipeline"].cam_overlay(view, cam, True),
-               "RGB LUT + blendLinear (kept)": lambda: pipeline.cam_overlay(view, cam, True)}
+               "RGB LUT + blendLinear (kept)": lambda: cam.cam_overlay(view, cam, True)}
     out["cam_overlay"] = interleave(cam_fns, runs)
-    diff = np.abs(pipeline.cam_overlay(view, cam, True).astype(int) - base["pipeline"].cam_overlay(view, cam, True))
+    diff = np.abs(cam.cam_overlay(view, cam, True).astype(int) - base["pipeline"].cam_overlay(view, cam, True))
     out["cam_overlay"]["RGB LUT + blendLinear (kept)"]["max_abs_pixel_diff_vs_before"] = int(diff.max())
 
     def area_roi_before():
@@ -128,7 +129,7 @@ def stage_levers(frames: _CineFrames, base: dict, runs: int, tmp: Path) -> dict:
                                             "gray once, histogram percentile, windowed nonzero (kept)": area_roi_after},
                                            runs)
 
-    blobs = (pipeline.frame_png_bytes(frame), None, pipeline.png_bytes(overlay))
+    blobs = (imaging.frame_png_bytes(frame), None, imaging.png_bytes(overlay))
     old_blobs = (base["pipeline"].png_bytes(frame), base["pipeline"].png_bytes(view),
                  base["pipeline"].png_bytes(overlay))
     stores = {}

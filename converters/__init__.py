@@ -2,11 +2,13 @@
 
 Heavy dependencies (TensorFlow, scikit-learn, matplotlib) are imported inside the functions that
 need them, so `noa-edge --help` and the device-side commands work without the `[train]` extra.
+The commands are in converters/cli.py (`register`, which `noa-edge` loads as an entry-point plugin); every
+error raised on purpose derives from converters.errors.ConvertersError.
 """
 
+from converters.errors import ConvertersError, TrainExtraMissing
 
-class TrainExtraMissing(RuntimeError):
-    """Raised when a host command needs the [train] extra and it is not installed."""
+__all__ = ["ConvertersError", "TrainExtraMissing", "require_train_extra"]
 
 
 def require_train_extra(module: str = "tensorflow"):

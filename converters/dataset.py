@@ -1,4 +1,4 @@
-"""Dataset directory: load, validate, and the `noa-edge validate` command.
+"""Dataset directory: load and validate (the `noa-edge validate` command is in converters/cli.py).
 
 A clinic's export and the phantom cohort share one format (docs/DATASET.md, docs/CONTRACTS.md).
 Validation collects every problem it finds instead of stopping at the first, so a clinic's IT person
@@ -9,7 +9,10 @@ Errors raise `DatasetError`; warnings (volume that disagrees with L·W·H, a pat
 are returned on `Dataset.warnings`, because clinics measure some things separately and legitimately.
 
 Images are checked fast, from their headers (PNG IHDR, JPEG SOF, DICOM Rows/Columns) plus a cheap
-end-of-file check for truncation; pixels are decoded only when `read_image` is called.
+end-of-file check for truncation (converters/image_files.py); pixels are decoded only when `read_image`
+is called.
+Over 450 lines: one validator for the three files of a dataset, sharing one problem collector, so every
+check a clinic's export goes through is read in one place.
 """
 
 from __future__ import annotations
@@ -20,12 +23,15 @@ import io
 import json
 import math
 import re
-import struct
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+
+from converters.errors import ConvertersError
+from edge.clinical import VARIABLES
+from converters.image_files import ImageProblem, image_format, image_size, read_image_file  # noqa: F401 (re-exported)
 
 DATASET_JSON = "dataset.json"
 PATIENTS_CSV = "patients.csv"
@@ -43,22 +49,10 @@ IMAGE_COLUMNS = ("image_id", "patient_id", "side", "file", "roi_x", "roi_y", "ro
                  "length_cm", "width_cm", "height_cm", "volume_ml", "psv_cm_s", "edv_cm_s", "ri")
 ROI_COLUMNS = ("roi_x", "roi_y", "roi_w", "roi_h")
 
-# Plausible ranges (inclusive): column -> (low, high, unit, hint shown when a value is outside).
-# Wide on purpose: they catch unit mix-ups and typos, not unusual patients.
+# Plausible ranges (inclusive): column -> (low, high, unit, hint shown when a value is outside), from the
+# one clinical variable table the device uses too (edge.clinical.VARIABLES).
 PLAUSIBLE_RANGES: dict[str, tuple[float, float, str, str]] = {
-    "age": (10, 100, "years", ""),
-    "fsh": (0, 200, "IU/L", ""),
-    "lh": (0, 200, "IU/L", ""),
-    "testosterone": (0, 50, "ng/mL", "nmol/L? ng/mL = nmol/L / 3.467"),
-    "inhibin_b": (0, 2000, "pg/mL", ""),
-    "length_cm": (0.5, 10, "cm", "mm? use cm"),
-    "width_cm": (0.5, 10, "cm", "mm? use cm"),
-    "height_cm": (0.5, 10, "cm", "mm? use cm"),
-    "volume_ml": (0.5, 60, "mL", ""),
-    "psv_cm_s": (0, 100, "cm/s", ""),
-    "edv_cm_s": (0, 50, "cm/s", ""),
-    "ri": (0, 1, "", "RI = (PSV - EDV) / PSV lies between 0 and 1"),
-}
+    name: (v.range[0], v.range[1], v.unit, v.hint) for name, v in VARIABLES.items()}
 PATIENT_NUMERIC = ("age", "fsh", "lh", "testosterone", "inhibin_b")
 IMAGE_NUMERIC = ("length_cm", "width_cm", "height_cm", "volume_ml", "psv_cm_s", "edv_cm_s", "ri")
 
@@ -88,14 +82,15 @@ class Problem:
                 "severity": self.severity}
 
 
-def _format_problems(problems: list[Problem], limit: int) -> str:
+def format_problems(problems: list[Problem], limit: int) -> str:
+    """One line per problem, at most `limit` of them, then "... and N more"."""
     lines = [str(p) for p in problems[:limit]]
     if len(problems) > limit:
         lines.append(f"... and {len(problems) - limit} more")
     return "\n".join(lines)
 
 
-class DatasetError(ValueError):
+class DatasetError(ConvertersError, ValueError):
     """The dataset has errors. `.problems` lists all of them; `.warnings` the warnings found too."""
 
     def __init__(self, problems: list[Problem], warnings: list[Problem] | None = None,
@@ -106,7 +101,7 @@ class DatasetError(ValueError):
         where = f" in {root}" if root is not None else ""
         n = len(self.problems)
         super().__init__(f"{n} problem{'s' if n != 1 else ''}{where}:\n"
-                         + _format_problems(self.problems, MAX_PROBLEMS_IN_MESSAGE))
+                         + format_problems(self.problems, MAX_PROBLEMS_IN_MESSAGE))
 
 
 class _Findings:
@@ -526,40 +521,6 @@ def _check_consistency(name: str, line: int, v: dict, volume_k: float | None,
                       f"EDV {v['edv_cm_s']:g} cm/s is above PSV {v['psv_cm_s']:g} cm/s (swapped?)")
 
 
-# --------------------------------------------------------------------------------------------
-# Images: fast header checks and decoding
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-
-
-class _ImageProblem(Exception):
-    pass
-
-
-def image_format(path: Path) -> str:
-    """'png' | 'jpeg' | 'dicom' from the file's first bytes (not its extension)."""
-    with open(path, "rb") as f:
-        head = f.read(132)
-    if head.startswith(PNG_SIGNATURE):
-        return "png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if head[128:132] == b"DICM":
-        return "dicom"
-    raise _ImageProblem("not a PNG, JPEG or DICOM (Part 10) file")
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the header, without decoding pixels; raises _ImageProblem."""
-    kind = image_format(path)
-    if kind == "png":
-        return _png_size(path)
-    if kind == "jpeg":
-        return _jpeg_size(path)
-    return _dicom_size(path)
-
-
 def _image_size_or_reason(path: Path) -> tuple[int, int] | str:
     try:
         if not path.exists():
@@ -569,216 +530,9 @@ def _image_size_or_reason(path: Path) -> tuple[int, int] | str:
         if path.stat().st_size == 0:
             return "empty file"
         return image_size(path)
-    except _ImageProblem as exc:
+    except ImageProblem as exc:
         return str(exc)
     except OSError as exc:
         return f"cannot read: {exc.strerror or exc}"
     except Exception as exc:  # a broken file must become a problem, never a traceback
         return f"unreadable ({type(exc).__name__}: {exc})"
-
-
-def _png_size(path: Path) -> tuple[int, int]:
-    with open(path, "rb") as f:
-        head = f.read(24)
-        f.seek(0, 2)
-        end = f.tell()
-        f.seek(max(0, end - 12))
-        tail = f.read(12)
-    if len(head) < 24 or head[12:16] != b"IHDR":
-        raise _ImageProblem("broken PNG header")
-    width, height = struct.unpack(">II", head[16:24])
-    if tail[4:8] != b"IEND":
-        raise _ImageProblem("truncated PNG (no IEND chunk at the end)")
-    if width == 0 or height == 0:
-        raise _ImageProblem(f"PNG has zero size {width}x{height}")
-    return width, height
-
-
-def _jpeg_size(path: Path) -> tuple[int, int]:
-    with open(path, "rb") as f:
-        f.seek(0, 2)
-        end = f.tell()
-        f.seek(max(0, end - 4096))
-        if b"\xff\xd9" not in f.read():
-            raise _ImageProblem("truncated JPEG (no end-of-image marker)")
-        f.seek(2)
-        while True:
-            byte = f.read(1)
-            if not byte:
-                break
-            if byte != b"\xff":
-                continue
-            marker = f.read(1)
-            while marker == b"\xff":  # fill bytes
-                marker = f.read(1)
-            if not marker:
-                break
-            m = marker[0]
-            if m == 0x01 or 0xD0 <= m <= 0xD8:  # markers without a length
-                continue
-            if m in (0xD9, 0xDA):  # end of image / start of scan before any frame header
-                break
-            length_bytes = f.read(2)
-            if len(length_bytes) < 2:
-                break
-            length = struct.unpack(">H", length_bytes)[0]
-            if m in JPEG_SOF:
-                sof = f.read(5)
-                if len(sof) < 5:
-                    break
-                height, width = struct.unpack(">HH", sof[1:5])
-                if width == 0 or height == 0:
-                    raise _ImageProblem(f"JPEG has zero size {width}x{height}")
-                return width, height
-            f.seek(length - 2, 1)
-    raise _ImageProblem("broken JPEG (no frame header)")
-
-
-def _dicom_size(path: Path) -> tuple[int, int]:
-    import pydicom
-    from pydicom.pixels import get_decoder
-
-    try:
-        # defer_size: read every element's header but leave big values (Pixel Data) on disk
-        ds = pydicom.dcmread(path, defer_size=1024)
-    except Exception as exc:
-        raise _ImageProblem(f"unreadable DICOM ({exc})") from None
-    if "PixelData" not in ds:
-        raise _ImageProblem("DICOM has no Pixel Data (an SR or other non-image object?)")
-    if "Rows" not in ds or "Columns" not in ds:
-        raise _ImageProblem("DICOM has no Rows/Columns")
-    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    if ts is not None and ts.is_compressed:
-        try:
-            decoder = get_decoder(ts)
-        except NotImplementedError:
-            raise _ImageProblem(f"DICOM transfer syntax {ts.name} cannot be decoded") from None
-        if not decoder.is_available:
-            raise _ImageProblem(f"no decoder installed for DICOM transfer syntax {ts.name} "
-                                "(pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg)")
-    elif ts is not None:
-        raw = ds.get_item("PixelData")
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        bits = int(ds.get("BitsAllocated", 8))
-        expected = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * frames * bits // 8
-        length = getattr(raw, "length", None)
-        if length is None:
-            length = len(ds.PixelData)
-        if length < expected:
-            raise _ImageProblem(f"DICOM Pixel Data is {length} bytes, expected {expected} (truncated?)")
-    if int(ds.Rows) == 0 or int(ds.Columns) == 0:
-        raise _ImageProblem("DICOM has zero Rows/Columns")
-    return int(ds.Columns), int(ds.Rows)
-
-
-def read_image_file(path: str | Path) -> np.ndarray:
-    """PNG/JPEG/DICOM file -> uint8 RGB (H, W, 3). Multi-frame DICOM: the first frame.
-
-    Pixels stay in the stored grid (no EXIF rotation), because ROIs are given in that grid.
-    """
-    import cv2
-
-    from edge.preprocess import to_rgb_uint8
-
-    path = Path(path)
-    kind = image_format(path)
-    if kind in ("png", "jpeg"):
-        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)  # BGR(A), gray, or uint16; no EXIF turn
-        if img is None:
-            raise _ImageProblem("OpenCV could not decode the file")
-        return to_rgb_uint8(img)
-    return _read_dicom(path)
-
-
-def _read_dicom(path: Path) -> np.ndarray:
-    from pydicom import Dataset as DicomDataset
-    from pydicom.pixels import apply_color_lut, pixel_array
-
-    from edge.preprocess import to_rgb_uint8
-
-    info = DicomDataset()
-    # index=0: first frame only (cine loops can hold hundreds); YBR is converted to RGB by pydicom
-    arr = pixel_array(str(path), ds_out=info, index=0)
-    photometric = str(info.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    if photometric == "PALETTE COLOR":
-        arr = apply_color_lut(arr, info)
-    if arr.ndim == 3 and arr.shape[2] == 3:
-        arr = np.ascontiguousarray(arr[:, :, ::-1])  # RGB -> BGR, the order to_rgb_uint8 expects
-    rgb = to_rgb_uint8(arr)
-    if photometric == "MONOCHROME1":  # 0 = white
-        rgb = 255 - rgb
-    return rgb
-
-
-# --------------------------------------------------------------------------------------------
-# CLI
-
-
-def _print_summary(summary: dict, echo) -> None:
-    echo(f"dataset {summary['name']!r} ({summary['source_kind']}) at {summary['root']}, "
-         f"volume formula {summary['volume_formula']}")
-    echo("")
-    echo(f"{'group':<10}{'patients':>10}{'images':>10}")
-    for g, c in summary["groups"].items():
-        echo(f"{g:<10}{c['patients']:>10}{c['images']:>10}")
-    echo(f"{'total':<10}{summary['patients']:>10}{summary['images']:>10}")
-    echo("")
-    echo(f"{'missing values':<28}{'count':>8}{'%':>8}")
-    for file, cols in summary["missing"].items():
-        for col, m in cols.items():
-            echo(f"{file + ' ' + col:<28}{m['missing']:>8}{m['percent']:>8.1f}")
-
-
-def validate_command(dataset: Path, no_images: bool, json_file: Path | None, echo, echo_err) -> int:
-    """Run validation and print the result. Returns the exit code: 0 valid, 2 errors."""
-    max_printed = 50
-    report: dict = {"dataset": str(dataset), "ok": False}
-    try:
-        ds = load_dataset(dataset, check_images=not no_images)
-    except DatasetError as exc:
-        errors, warnings = exc.problems, exc.warnings
-    except Exception as exc:  # never a traceback: report as a problem naming the dataset
-        errors, warnings = [Problem(str(dataset), None, None,
-                                    f"unexpected error while validating: {type(exc).__name__}: {exc}")], []
-    else:
-        errors, warnings = [], ds.warnings
-        report.update(ok=True, summary=ds.summary())
-        _print_summary(report["summary"], echo)
-
-    if warnings:
-        echo_err(f"\n{len(warnings)} warning{'s' if len(warnings) != 1 else ''}:")
-        echo_err(_format_problems(warnings, max_printed))
-    if errors:
-        echo_err(f"\n{len(errors)} error{'s' if len(errors) != 1 else ''} in {dataset}:")
-        echo_err(_format_problems(errors, max_printed))
-        if len(errors) > max_printed and json_file is None:
-            echo_err("(use --json FILE for the full list)")
-    report["errors"] = [p.to_dict() for p in errors]
-    report["warnings"] = [p.to_dict() for p in warnings]
-    if json_file is not None:
-        try:
-            Path(json_file).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        except OSError as exc:
-            echo_err(f"{json_file}: cannot write the JSON report: {exc.strerror or exc}")
-            return 2
-    if errors:
-        return 2
-    echo(f"\nOK: {dataset} is a valid dataset")
-    return 0
-
-
-def register(app) -> None:
-    import typer
-
-    @app.command("validate")
-    def validate(
-        dataset: Path = typer.Argument(..., help="Dataset directory (dataset.json, patients.csv, "
-                                       "images.csv, images/)."),
-        no_images: bool = typer.Option(False, "--no-images",
-                                       help="Check the CSVs only; do not open image files."),
-        json_file: Path = typer.Option(None, "--json", help="Also write the full report as JSON."),
-    ) -> None:
-        """Validate a dataset directory: summary table and exit 0, or every problem and exit 2."""
-        code = validate_command(dataset, no_images, json_file, typer.echo,
-                                lambda msg: typer.echo(msg, err=True))
-        raise typer.Exit(code)

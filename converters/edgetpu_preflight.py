@@ -22,6 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from converters.errors import PreflightError
+from converters.tflite_flatbuffer import builtin_code, enum_names, is_tflite, schema, unpack
+
 # op -> documented limit (the check for it is in _check_op)
 SUPPORTED_OPS = {
     "ADD": "", "SUB": "", "MUL": "", "MAXIMUM": "", "MINIMUM": "", "SQUARED_DIFFERENCE": "",
@@ -45,18 +48,6 @@ __doc__ += "\n".join(f"  {op}: {limit or 'no documented limit'}" for op, limit i
 
 EIGHT_BIT = ("INT8", "UINT8")
 INDEX_TYPES = ("INT32", "INT64")  # shapes, axes, paddings, biases: constants, allowed
-
-
-class PreflightError(ValueError):
-    """The file is not a TFLite flatbuffer we can read."""
-
-
-def _schema():
-    try:
-        from ai_edge_litert import schema_py_generated as schema
-    except ImportError:  # pragma: no cover - older hosts
-        from tensorflow.lite.python import schema_py_generated as schema
-    return schema
 
 
 @dataclass
@@ -85,14 +76,14 @@ class OpInfo:
 def read_ops(model: bytes | str | Path) -> tuple[list[OpInfo], dict]:
     """Every operator of subgraph 0 in execution order, with tensor shapes/dtypes and the options the
     Edge TPU rules look at. Also returns graph-level facts (inputs, outputs, subgraph count)."""
-    schema = _schema()
+    tfl = schema()
     buf = Path(model).read_bytes() if not isinstance(model, (bytes, bytearray)) else bytes(model)
-    if len(buf) < 8 or buf[4:8] != b"TFL3":
+    if not is_tflite(buf):
         raise PreflightError(f"{model if not isinstance(model, (bytes, bytearray)) else 'buffer'}: not a TFLite "
                              "flatbuffer (missing TFL3 identifier)")
-    m = schema.ModelT.InitFromPackedBuf(bytearray(buf), 0)
-    op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    type_names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    m = unpack(buf)
+    op_names = enum_names(tfl.BuiltinOperator)
+    type_names = enum_names(tfl.TensorType)
     g = m.subgraphs[0]
 
     def tensor(i: int) -> TensorInfo:
@@ -117,7 +108,7 @@ def read_ops(model: bytes | str | Path) -> tuple[list[OpInfo], dict]:
     ops = []
     for idx, op in enumerate(g.operators):
         code = m.operatorCodes[op.opcodeIndex]
-        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+        builtin = builtin_code(code)
         name = op_names.get(builtin, str(builtin))
         if name == "CUSTOM":
             custom = code.customCode.decode() if isinstance(code.customCode, bytes) else str(code.customCode)

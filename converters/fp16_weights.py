@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.edgetpu_preflight import _schema
+from converters.tflite_flatbuffer import builtin_code, pack, read_tflite, schema
 
 KEEP_LADDER = (0, 2, 5, 10, 20, 40, 80)
 
@@ -33,7 +33,7 @@ def _is_constant(model, tensor) -> bool:
 
 def constant_float_tensors(model) -> list[int]:
     """Indices of float32 constant tensors of subgraph 0, ordered by the first operator that reads them."""
-    schema = _schema()
+    tfl = schema()
     graph = model.subgraphs[0]
     first_use: dict[int, int] = {}
     for k, op in enumerate(graph.operators):
@@ -41,18 +41,8 @@ def constant_float_tensors(model) -> list[int]:
             if i >= 0 and i not in first_use:
                 first_use[i] = k
     found = [i for i, t in enumerate(graph.tensors)
-             if t.type == schema.TensorType.FLOAT32 and _is_constant(model, t) and i in first_use]
+             if t.type == tfl.TensorType.FLOAT32 and _is_constant(model, t) and i in first_use]
     return sorted(found, key=lambda i: (first_use[i], i))
-
-
-def read_tflite(buf: bytes):
-    """The flatbuffer as an object tree (schema.ModelT); one subgraph, as our converter writes."""
-    if len(buf) < 8 or buf[4:8] != b"TFL3":
-        raise ValueError("not a TFLite flatbuffer (no TFL3 file identifier)")
-    model = _schema().ModelT.InitFromPackedBuf(bytearray(buf), 0)
-    if len(model.subgraphs) != 1:
-        raise ValueError(f"expected one subgraph, found {len(model.subgraphs)}")
-    return model
 
 
 def fp16_weights(fp32_tflite: bytes, keep_fp32: int = 0) -> tuple[bytes, dict]:
@@ -68,9 +58,7 @@ def fp16_round(fp32_tflite: bytes, rounded: list[int]) -> tuple[bytes, dict]:
 
 
 def _rewrite(model, rounded: list[int], size_hint: int) -> tuple[bytes, dict]:
-    import flatbuffers
-
-    schema = _schema()
+    tfl = schema()
     graph = model.subgraphs[0]
     order = constant_float_tensors(model)
     not_weights = sorted(set(rounded) - set(order))
@@ -79,12 +67,11 @@ def _rewrite(model, rounded: list[int], size_hint: int) -> tuple[bytes, dict]:
     rounded_set = set(rounded)
     kept = [i for i in order if i not in rounded_set]
 
-    deq = schema.BuiltinOperator.DEQUANTIZE
+    deq = tfl.BuiltinOperator.DEQUANTIZE
     codes = model.operatorCodes
-    opcode = next((k for k, c in enumerate(codes) if max(c.builtinCode, c.deprecatedBuiltinCode) == deq
-                   and c.version == 3), None)
+    opcode = next((k for k, c in enumerate(codes) if builtin_code(c) == deq and c.version == 3), None)
     if opcode is None:  # version 3 = fp16 input (what the converter writes for fp16 weights)
-        code = schema.OperatorCodeT()
+        code = tfl.OperatorCodeT()
         code.builtinCode, code.deprecatedBuiltinCode, code.version = deq, deq, 3
         codes.append(code)
         opcode = len(codes) - 1
@@ -93,16 +80,16 @@ def _rewrite(model, rounded: list[int], size_hint: int) -> tuple[bytes, dict]:
     for index in rounded:
         tensor = graph.tensors[index]
         values = np.frombuffer(bytes(model.buffers[tensor.buffer].data), dtype=np.float32)
-        half = schema.BufferT()
+        half = tfl.BufferT()
         half.data = np.frombuffer(values.astype(np.float16).tobytes(), dtype=np.uint8)
         model.buffers.append(half)
-        source = schema.TensorT()
+        source = tfl.TensorT()
         source.shape, source.shapeSignature = tensor.shape, tensor.shapeSignature
-        source.type, source.buffer = schema.TensorType.FLOAT16, len(model.buffers) - 1
+        source.type, source.buffer = tfl.TensorType.FLOAT16, len(model.buffers) - 1
         source.name = (tensor.name or b"") + b"_fp16"
         graph.tensors.append(source)
         tensor.buffer = 0  # buffer 0 is the empty sentinel: the tensor is now computed, not stored
-        op = schema.OperatorT()
+        op = tfl.OperatorT()
         op.opcodeIndex, op.inputs, op.outputs = opcode, [len(graph.tensors) - 1], [index]
         dequantize_ops.append(op)
     graph.operators = dequantize_ops + list(graph.operators)
@@ -111,10 +98,9 @@ def _rewrite(model, rounded: list[int], size_hint: int) -> tuple[bytes, dict]:
     for b, buffer in enumerate(model.buffers):  # drop fp32 copies nothing points at any more
         if b not in used and buffer.data is not None:
             buffer.data = None
-    builder = flatbuffers.Builder(size_hint + 4096)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    out = pack(model, size_hint)
     sizes = [len(model.buffers[graph.tensors[i].buffer].data) // 4 for i in kept]
-    return bytes(builder.Output()), {"kept_tensors": len(kept), "kept_weights": int(sum(sizes)),
+    return out, {"kept_tensors": len(kept), "kept_weights": int(sum(sizes)),
                                      "fp16_tensors": len(rounded)}
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import require_train_extra
+from .errors import WeightsError
 
 # name -> (keras.applications constructor, input scaling)
 BACKBONES = {
@@ -33,10 +34,6 @@ FEATURES_LAYER = "features"  # last feature map A (Grad-CAM differentiates with 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 _CAFFE_MEAN = (103.939, 116.779, 123.68)
-
-
-class WeightsError(ValueError):
-    """A requested weights file is missing or does not fit the backbone."""
 
 
 def canonical_backbone(name: str) -> str:

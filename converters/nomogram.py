@@ -1,11 +1,11 @@
-"""`noa-edge nomogram RUN` and `noa-edge evaluate BUNDLE_OR_RUN DATASET`.
+"""`noa-edge nomogram RUN`: fit the nomogram on out-of-fold DL probabilities + clinical data.
 
-nomogram: joins the training run's out-of-fold DL probabilities with the dataset's clinical columns,
-fits the paper's logistic model (DL logit + FSH + volume + EDV, unpenalised ML like rms::lrm), writes the
-device contract RUN/nomogram.json, the nomogram figure, RUN/report.json (every number) and a
-self-contained RUN/report.html laid out along TRIPOD+AI. evaluate: scores a frozen model + nomogram on
-a new cohort with no refit. Unit of prediction: one testis image (that testis's volume and EDV, the
-patient's FSH); unit of resampling: the patient.
+Joins the training run's out-of-fold DL probabilities with the dataset's clinical columns, fits the
+paper's logistic model (DL logit + FSH + volume + EDV, unpenalised ML like rms::lrm), writes the device
+contract RUN/nomogram.json, the nomogram figure (converters/nomogram_figures.py), RUN/report.json (every
+number) and a self-contained RUN/report.html laid out along TRIPOD+AI (converters/report_html.py).
+External validation of the frozen result is converters/evaluate.py. Unit of prediction: one testis image
+(that testis's volume and EDV, the patient's FSH); unit of resampling: the patient.
 Heavy imports (scipy via converters.stats, matplotlib, keras) stay inside functions.
 """
 
@@ -14,41 +14,29 @@ from __future__ import annotations
 import csv
 import json
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from edge.nomogram import SCHEMA, Nomogram, NomogramError, nice_ticks, points_scaling
+from converters.errors import NomogramInputError
+from edge.clinical import VARIABLES
+from edge.nomogram import SCHEMA, Nomogram, nice_ticks, points_scaling
 
-# name -> input source column, transform, label, unit, plausible range the device enforces, level
+# name -> input source column, transform, label, unit, plausible range the device enforces, level; the
+# clinical ones come from the one variable table (edge.clinical.VARIABLES).
 CANDIDATES: dict[str, dict] = {
     "dl_logit": {"source": "dl_probability", "transform": "logit", "label": "DL probability", "unit": "",
                  "range": [0.001, 0.999], "level": "image"},
-    "fsh": {"source": "fsh", "transform": "identity", "label": "Serum FSH", "unit": "IU/L", "range": [0, 200], "level": "patient"},
-    "lh": {"source": "lh", "transform": "identity", "label": "Serum LH", "unit": "IU/L", "range": [0, 200], "level": "patient"},
-    "testosterone": {"source": "testosterone", "transform": "identity", "label": "Testosterone", "unit": "ng/mL",
-                     "range": [0, 50], "level": "patient"},
-    "inhibin_b": {"source": "inhibin_b", "transform": "identity", "label": "Inhibin B", "unit": "pg/mL",
-                  "range": [0, 2000], "level": "patient"},
-    "volume_ml": {"source": "volume_ml", "transform": "identity", "label": "Testicular volume", "unit": "mL",
-                  "range": [0.5, 60], "level": "image"},
-    "length_cm": {"source": "length_cm", "transform": "identity", "label": "Testis long axis", "unit": "cm",
-                  "range": [0.5, 10], "level": "image"},
-    "psv_cm_s": {"source": "psv_cm_s", "transform": "identity", "label": "PSV", "unit": "cm/s", "range": [0, 100], "level": "image"},
-    "edv_cm_s": {"source": "edv_cm_s", "transform": "identity", "label": "EDV", "unit": "cm/s", "range": [0, 50], "level": "image"},
-    "ri": {"source": "ri", "transform": "identity", "label": "Resistive index", "unit": "", "range": [0, 1], "level": "image"},
-    "age": {"source": "age", "transform": "identity", "label": "Age", "unit": "years", "range": [10, 100], "level": "patient"},
+    **{name: {"source": name, "transform": "identity", "label": v.label, "unit": v.unit, "range": list(v.range),
+              "level": v.level}
+       for name, v in ((n, VARIABLES[n]) for n in ("fsh", "lh", "testosterone", "inhibin_b", "volume_ml",
+                                                   "length_cm", "psv_cm_s", "edv_cm_s", "ri", "age"))},
 }
 DEFAULT_PREDICTORS = ["dl_logit", "fsh", "volume_ml", "edv_cm_s"]
 CLINICAL_PREDICTORS = ["fsh", "volume_ml", "edv_cm_s"]
 SCHOOR_FSH, SCHOOR_LONG_AXIS_CM = 7.6, 4.6
 DL_PROB_CLIP = 1e-3  # logit of a saturated sigmoid: clip like the device does (range 0.001–0.999)
-
-
-class NomogramInputError(ValueError):
-    """A run, dataset or option the nomogram stage cannot use (message names the file/field)."""
 
 
 # ------------------------------------------------------------------------------------ inputs
@@ -401,22 +389,24 @@ def _table1_row(var, level, by, stats, label=None):
 # ------------------------------------------------------------------------------------ outputs
 def write_outputs(run_dir: Path, report: dict, y: np.ndarray, scores: dict, spec: dict) -> None:
     from converters import report_html
+    from converters.nomogram_figures import make_figures
 
     (run_dir / "nomogram.json").write_text(json.dumps(spec, indent=2))
     figures = make_figures(run_dir, report, y, scores, spec)
     report["files"] = {"nomogram_json": "nomogram.json", "report_html": "report.html",
                        **{k: str(Path(v).relative_to(run_dir)) for k, v in figures.items()}}
-    (run_dir / "report.json").write_text(json.dumps(_jsonable(report), indent=2, allow_nan=False))
+    (run_dir / "report.json").write_text(json.dumps(jsonable(report), indent=2, allow_nan=False))
     (run_dir / "report.html").write_text(report_html.render(report, figures))
 
 
-def _jsonable(obj):
+def jsonable(obj):
+    """A JSON-ready copy: numpy values as Python ones, non-finite floats as null."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
+        return jsonable(obj.tolist())
     if isinstance(obj, (np.floating, float)):
         f = float(obj)
         return f if math.isfinite(f) else None
@@ -425,356 +415,3 @@ def _jsonable(obj):
     if isinstance(obj, np.bool_):
         return bool(obj)
     return obj
-
-
-def draw_nomogram(nomo: Nomogram, path_png: Path, path_svg: Path) -> None:
-    """rms::nomogram layout with matplotlib, from the same geometry the device SVG uses."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    lay = nomo.layout()
-    rows = lay["rows"]
-    total_max = lay["total_max"] or 1.0
-    fig, ax = plt.subplots(figsize=(9, 0.62 * len(rows) + 0.6))
-    for i, row in enumerate(rows):
-        yv = len(rows) - i
-        scale = 100.0 / total_max if row["kind"] in ("total", "probability") else 1.0
-        xs = [tp * scale for tp, _ in row["ticks"]]
-        if "span" in row:
-            x0, x1 = (v * scale for v in row["span"])
-        else:
-            x0, x1 = (min(xs), max(xs)) if xs else (0, 0)
-        ax.plot([x0, x1], [yv, yv], color="black", lw=1)
-        for x, (_, text) in zip(xs, row["ticks"]):
-            ax.plot([x, x], [yv, yv + 0.12], color="black", lw=0.8)
-            ax.text(x, yv + 0.17, text, ha="center", va="bottom", fontsize=7)
-        ax.text(-3, yv, row["label"], ha="right", va="center", fontsize=8.5, fontweight="bold")
-    ax.set_xlim(-48, 104)
-    ax.set_ylim(0.4, len(rows) + 0.7)
-    ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path_png, dpi=150)
-    fig.savefig(path_svg)
-    plt.close(fig)
-
-
-def make_figures(run_dir: Path, report: dict, y, scores: dict, spec: dict) -> dict[str, Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from converters import stats
-
-    figdir = run_dir / "figures"
-    figdir.mkdir(exist_ok=True)
-    out = {"nomogram_png": run_dir / "nomogram.png", "nomogram_svg": run_dir / "nomogram.svg"}
-    draw_nomogram(Nomogram(spec), out["nomogram_png"], out["nomogram_svg"])
-
-    fig, ax = plt.subplots(figsize=(5.2, 5))
-    for k, s in scores.items():
-        rc = stats.roc_curve(y, s)
-        auc = report["discrimination"][k]
-        ax.plot(1 - rc["specificity"], rc["sensitivity"], lw=1.6,
-                label=f"{report['labels'][k]}: AUC {auc['auc']:.3f} ({auc['ci'][0]:.3f}-{auc['ci'][1]:.3f})")
-    sch = report.get("schoor_rule")
-    if sch:
-        m = sch["metrics"]
-        ax.plot(1 - m["specificity"]["value"], m["sensitivity"]["value"], "ks", label="Schoor 2002 rule")
-    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
-    ax.set_xlabel("1 - specificity")
-    ax.set_ylabel("Sensitivity")
-    ax.legend(fontsize=6.5, loc="lower right")
-    ax.set_title("ROC (development, apparent; DL out-of-fold)", fontsize=9)
-    fig.tight_layout()
-    out["roc_png"] = figdir / "roc.png"
-    fig.savefig(out["roc_png"], dpi=130)
-    plt.close(fig)
-
-    val = report.get("validation")
-    if val and "calibration" in val:
-        cal = val["calibration"]
-        fig, ax = plt.subplots(figsize=(5, 5))
-        ax.plot([0, 1], [0, 1], color="grey", ls=":", label="Ideal")
-        ax.plot(cal["predicted"], cal["apparent"], lw=1.5, label="Apparent")
-        ax.plot(cal["predicted"], cal["bias_corrected"], lw=1.5, label=f"Bias-corrected (B = {cal['B']})")
-        ax.set_xlabel("Predicted probability of NOA")
-        ax.set_ylabel("Observed proportion")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.legend(fontsize=8, loc="upper left")
-        ax.set_title(f"Calibration (mean absolute error {cal['mean_absolute_error']:.3f})", fontsize=9)
-        fig.tight_layout()
-        out["calibration_png"] = figdir / "calibration.png"
-        fig.savefig(out["calibration_png"], dpi=130)
-        plt.close(fig)
-
-    dca = report["decision_curve"]
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    pt = dca["thresholds"]
-    for k, nb in dca["models"].items():
-        ax.plot(pt, nb, lw=1.5, label=report["labels"][k])
-    ax.plot(pt, dca["treat_all"], color="grey", lw=1, label="Treat all")
-    ax.plot(pt, dca["treat_none"], color="black", lw=1, label="Treat none")
-    prev = float(np.mean(y))
-    ax.set_ylim(-0.05, prev + 0.05)
-    ax.set_xlabel("Threshold probability")
-    ax.set_ylabel("Net benefit")
-    ax.legend(fontsize=7)
-    ax.set_title("Decision curve", fontsize=9)
-    fig.tight_layout()
-    out["dca_png"] = figdir / "decision_curve.png"
-    fig.savefig(out["dca_png"], dpi=130)
-    plt.close(fig)
-    return out
-
-
-# ------------------------------------------------------------------------------------ evaluate
-def read_prob_csv(path: Path) -> dict[str, float]:
-    """A precomputed DL probability source: CSV with image_id and prob columns."""
-    path = Path(path)
-    if not path.is_file():
-        raise NomogramInputError(f"{path}: no such file")
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        for col in ("image_id", "prob"):
-            if col not in (reader.fieldnames or []):
-                raise NomogramInputError(f"{path}: missing column {col!r}")
-        out = {}
-        for line, r in enumerate(reader, start=2):
-            try:
-                out[r["image_id"]] = float(r["prob"])
-            except ValueError:
-                raise NomogramInputError(f"{path}: row {line}, column prob: {r['prob']!r} is not a number") from None
-    return out
-
-
-def load_frozen(source: Path) -> tuple[dict, str]:
-    """nomogram dict and the kind of source: "bundle" (verified with edge.bundle.load) or "run"."""
-    source = Path(source)
-    if (source / "manifest.json").is_file():
-        from edge.bundle import BundleError, load
-
-        try:
-            return load(source).nomogram, "bundle"
-        except BundleError as exc:
-            raise NomogramInputError(str(exc)) from None
-    if (source / "nomogram.json").is_file():
-        return json.loads((source / "nomogram.json").read_text()), "run"
-    raise NomogramInputError(f"{source}: neither a bundle (manifest.json) nor a run with nomogram.json "
-                             "(run `noa-edge nomogram RUN` first)")
-
-
-def score_images_with_keras(run_dir: Path, ds, rows: list[dict], progress: bool = True) -> dict[str, float]:
-    """DL probabilities from RUN/model.keras on ROIs cropped exactly as on the device."""
-    from converters import require_train_extra
-    from edge.preprocess import crop_roi
-
-    require_train_extra("tensorflow")
-    import keras
-    from tqdm import tqdm
-
-    path = run_dir / "model.keras"
-    if not path.is_file():
-        raise NomogramInputError(f"{path}: missing; pass --dl-probs CSV or a run with a trained model")
-    model = keras.models.load_model(path, compile=False)
-    size = int(model.inputs[0].shape[1])
-    names = list(getattr(model, "output_names", None) or [])
-    out = {}
-    batch = 16
-    for start in tqdm(range(0, len(rows), batch), desc="scoring images (keras)", disable=not progress):
-        chunk = rows[start:start + batch]
-        x = np.stack([crop_roi(ds.read_image(r), r["roi"], size) for r in chunk])
-        pred = model(x, training=False)
-        if isinstance(pred, dict):
-            prob = pred["prob"]
-        elif isinstance(pred, (list, tuple)):
-            if "prob" not in names:
-                raise NomogramInputError(f"{path}: no output named 'prob' (outputs: {names})")
-            prob = pred[names.index("prob")]
-        else:
-            prob = pred
-        for r, p in zip(chunk, np.asarray(prob).reshape(len(chunk), -1)[:, 0]):
-            out[r["image_id"]] = float(p)
-    return out
-
-
-def score_images_with_bundle(bundle_dir: Path, ds, rows: list[dict], variant: str | None = None,
-                             progress: bool = True) -> dict[str, float]:
-    """DL probabilities from the bundle's CPU variant (or `variant`) through the device runtime."""
-    from tqdm import tqdm
-
-    from edge.bundle import BundleError, load
-    from edge.preprocess import crop_roi
-
-    try:
-        runner = load(bundle_dir).runner(target="cpu", variant=variant)
-    except BundleError as exc:
-        raise NomogramInputError(str(exc)) from None
-    size = int(runner.input_shape[1])
-    out = {}
-    for r in tqdm(rows, desc=f"scoring images ({runner.variant})", disable=not progress):
-        prob, _ = runner.run(crop_roi(ds.read_image(r), r["roi"], size))
-        out[r["image_id"]] = float(prob)
-    return out
-
-
-def evaluate(source: str | Path, dataset, dl_probs: str | Path | None = None, variant: str | None = None,
-             progress: bool = True) -> dict:
-    """External validation of a frozen model + nomogram: no refit, the development threshold carried over."""
-    from converters import stats
-    from converters.dataset import load_dataset
-
-    source = Path(source)
-    spec, kind = load_frozen(source)
-    try:
-        nomo = Nomogram(spec)
-    except NomogramError as exc:
-        raise NomogramInputError(f"{source}: {exc}") from None
-    ds = dataset if hasattr(dataset, "labelled_images") else load_dataset(Path(dataset), check_images=dl_probs is None)
-    rows = ds.labelled_images(include_controls=False)
-    if dl_probs is not None:
-        probs = read_prob_csv(Path(dl_probs))
-        prob_source = f"precomputed ({dl_probs})"
-    elif kind == "run":
-        probs = score_images_with_keras(source, ds, rows, progress)
-        prob_source = f"{source / 'model.keras'} (keras)"
-    else:
-        probs = score_images_with_bundle(source, ds, rows, variant, progress)
-        prob_source = f"{source} (bundle, device runtime)"
-    scored, excluded = [], {}
-    for r in rows:
-        if r["image_id"] not in probs:
-            excluded["no DL probability"] = excluded.get("no DL probability", 0) + 1
-            continue
-        values = {**r, "dl_probability": probs[r["image_id"]]}
-        try:
-            res = nomo.predict(values)
-        except NomogramError as exc:
-            reason = str(exc).split(";")[0]
-            reason = "missing input" if "missing" in reason else "input outside plausible range"
-            excluded[reason] = excluded.get(reason, 0) + 1
-            continue
-        scored.append((r, res, probs[r["image_id"]]))
-    if not scored:
-        raise NomogramInputError(f"no image of {ds.root} could be scored (excluded: {excluded})")
-    y = np.array([r["label"] for r, _, _ in scored])
-    p = np.array([res["probability"] for _, res, _ in scored])
-    lp = np.array([res["lp"] for _, res, _ in scored])
-    dl = np.array([d for _, _, d in scored])
-    if y.min() == y.max():
-        raise NomogramInputError(f"{ds.root}: the scored images are all {'NOA' if y[0] else 'OA'}: no AUC")
-    auc = stats.delong_ci(y, p)
-    dl_auc = stats.delong_ci(y, dl)
-    at = stats.classification_metrics(y, p, nomo.threshold)
-    cal = stats.calibration_in_the_large_and_slope(y, lp)
-    result = {
-        "schema": "noa-edge.evaluation/1", "source": str(source), "source_kind": kind, "dl_probabilities": prob_source,
-        "dataset": str(ds.root), "synthetic_demo": (ds.meta.get("source") or {}).get("kind") == "phantom",
-        "auc": auc["auc"], "auc_ci": auc["ci"], "dl_auc": dl_auc["auc"], "dl_auc_ci": dl_auc["ci"],
-        "nomogram_vs_dl": stats.delong_paired_test(y, p, dl),
-        "threshold": nomo.threshold, "threshold_method": nomo.threshold_method,
-        "sensitivity": at["sensitivity"]["value"], "sensitivity_ci": at["sensitivity"]["ci"],
-        "specificity": at["specificity"]["value"], "specificity_ci": at["specificity"]["ci"],
-        "accuracy": at["accuracy"]["value"], "accuracy_ci": at["accuracy"]["ci"],
-        "ppv": at["ppv"]["value"], "npv": at["npv"]["value"], "table": at["table"],
-        **cal, "brier": stats.brier_score(y, p),
-        "n_images": len(scored), "n_patients": len({r["patient_id"] for r, _, _ in scored}),
-        "n_events": int(y.sum()), "excluded": excluded,
-        "unit_of_analysis": "testis image", "refit": False,
-    }
-    return _jsonable(result)
-
-
-# ------------------------------------------------------------------------------------ CLI
-def register(app) -> None:
-    """Add `noa-edge nomogram` and `noa-edge evaluate`."""
-    import typer
-
-    @app.command("nomogram")
-    def nomogram_cmd(
-        run: Path = typer.Argument(..., help="Training run directory (oof_predictions.csv, run.json)."),
-        dataset: Path = typer.Option(None, "--dataset", help="Dataset directory (default: run.json 'dataset')."),
-        predictors: str = typer.Option(",".join(DEFAULT_PREDICTORS), "--predictors",
-                                       help=f"Comma-separated model predictors from: {', '.join(CANDIDATES)}; "
-                                            "'significant' = those with univariable p < 0.05."),
-        bootstrap: int = typer.Option(200, "--bootstrap", help="Bootstrap resamples for internal validation (0 = none)."),
-        seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
-        backbone: str = typer.Option(None, "--backbone", help="Backbone whose OOF probabilities to use "
-                                                               "(default: run.json selected_backbone)."),
-    ):
-        """Fit the nomogram on out-of-fold DL probabilities + clinical data; write nomogram.json and the report."""
-        from converters.dataset import DatasetError
-        from converters.stats import ModelInputError
-
-        try:
-            if bootstrap < 0:
-                raise NomogramInputError(f"--bootstrap must be >= 0, got {bootstrap}")
-            if predictors.strip() == "significant":
-                rows = _rows_for_cli(run, dataset, backbone)
-                names = [u["name"] for u in univariable(rows) if u.get("p") is not None and u["p"] < 0.05]
-                if not names:
-                    raise NomogramInputError("no candidate has univariable p < 0.05")
-            else:
-                names = [p.strip() for p in predictors.split(",") if p.strip()]
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                rep = analyse(run, dataset=dataset, predictors=names, bootstrap=bootstrap, seed=seed, backbone=backbone)
-        except (NomogramInputError, DatasetError, ModelInputError, NomogramError) as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
-        d = rep["discrimination"]["nomogram"]
-        typer.echo(f"nomogram ({' + '.join(rep['model']['predictors'])}) on {rep['flow']['analysed_images']} images / "
-                   f"{rep['flow']['analysed_patients']} patients: AUC {d['auc']:.3f} "
-                   f"(95% CI {d['ci'][0]:.3f}-{d['ci'][1]:.3f})")
-        for k, c in rep["comparisons"].items():
-            typer.echo(f"  vs {k}: AUC {c['auc2']:.3f}, DeLong p = {c['p']:.3g}")
-        if rep["schoor_rule"] and "vs_nomogram" in rep["schoor_rule"]:
-            typer.echo(f"  vs Schoor rule: AUC {rep['schoor_rule']['auc']['auc']:.3f}, "
-                       f"DeLong p = {rep['schoor_rule']['vs_nomogram']['p']:.3g}")
-        if rep["validation"]:
-            v = rep["validation"]["indexes"]
-            typer.echo(f"  bootstrap (B={rep['validation']['B_used']}): optimism-corrected C {v['C']['corrected']:.3f}, "
-                       f"slope {v['Slope']['corrected']:.3f}, Brier {v['Brier']['corrected']:.3f}")
-        for note in rep["notes"]:
-            typer.echo(f"  warning: {note}")
-        typer.echo(f"wrote {run / 'nomogram.json'}, {run / 'report.html'}, {run / 'report.json'}")
-
-    @app.command("evaluate")
-    def evaluate_cmd(
-        source: Path = typer.Argument(..., help="Firmware bundle directory or training run directory."),
-        dataset: Path = typer.Argument(..., help="Dataset directory of the new cohort."),
-        json_out: Path = typer.Option(None, "--json", help="Write the numbers to this JSON file."),
-        dl_probs: Path = typer.Option(None, "--dl-probs", help="CSV image_id,prob with precomputed DL probabilities "
-                                                                "(skips running the network)."),
-        variant: str = typer.Option(None, "--variant", help="Bundle model variant (default: the bundle's CPU default)."),
-    ):
-        """Score a frozen model + nomogram on a new cohort (no refit; threshold carried over)."""
-        from converters import TrainExtraMissing
-        from converters.dataset import DatasetError
-        from edge.runtime import ModelError, RuntimeUnavailable
-
-        try:
-            res = evaluate(source, dataset, dl_probs=dl_probs, variant=variant)
-        except (NomogramInputError, DatasetError, NomogramError, ModelError, RuntimeUnavailable,
-                TrainExtraMissing) as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
-        typer.echo(f"{res['n_images']} images / {res['n_patients']} patients: AUC {res['auc']:.3f} "
-                   f"(95% CI {res['auc_ci'][0]:.3f}-{res['auc_ci'][1]:.3f}); DL alone {res['dl_auc']:.3f}; "
-                   f"at threshold {res['threshold']:.3f}: sensitivity {res['sensitivity']:.3f}, specificity "
-                   f"{res['specificity']:.3f}; calibration slope {res['calibration_slope']:.2f}, "
-                   f"in-the-large {res['calibration_in_the_large']:.2f}")
-        if res["excluded"]:
-            typer.echo(f"  excluded: {res['excluded']}")
-        if json_out:
-            json_out.write_text(json.dumps(res, indent=2))
-            typer.echo(f"wrote {json_out}")
-
-
-def _rows_for_cli(run: Path, dataset, backbone):
-    probs, _, run_json = read_oof(Path(run), backbone)
-    ds = load_dataset_for(Path(run), run_json, dataset)
-    return joined_rows(ds, probs)[0]

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.phantom import SCANNERS, PhantomError, Scene, acquire, compose_screen
+from converters.bmode import SCANNERS, Scene, acquire, compose_screen
+from converters.errors import PhantomError
 
 CODECS = {".avi": "MJPG", ".mp4": "mp4v"}  # both written and read back by opencv-python-headless here
 

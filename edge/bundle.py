@@ -18,6 +18,10 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypedDict
+
+from .errors import EdgeError
+from .runtime import ModelRunner
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -30,7 +34,31 @@ REQUIRED_KEYS = ("schema_version", "name", "created", "synthetic_demo", "intende
 DEFAULT_BUNDLE_ENV = "NOA_EDGE_BUNDLE"
 
 
-class BundleError(ValueError):
+class Manifest(TypedDict, total=False):
+    """manifest.json as docs/CONTRACTS.md writes it (names the keys for readers and mypy; stays JSON)."""
+
+    schema_version: int
+    name: str
+    created: str
+    synthetic_demo: bool
+    intended_use: str
+    labels: dict[str, str]                 # {"positive": "NOA", "negative": "OA"}
+    input: dict[str, Any]                  # {"shape": [1, S, S, 3], "dtype": "uint8"}
+    outputs: dict[str, str]                # {"prob": "prob", "cam": "cam"}
+    variants: dict[str, dict[str, Any]]    # fp32/fp16/int8/edgetpu/onnx -> file, sha256, size, ...
+    default_variant: dict[str, str]        # target -> variant
+    nomogram: dict[str, Any]               # nomogram.json, embedded
+    nomogram_sha256: str
+    threshold: float
+    threshold_source: str
+    dl_threshold: float
+    cam_shape: list[int]
+    provenance: dict[str, Any]
+    files: dict[str, str]                  # non-model file -> sha256
+    manifest_sha256: str
+
+
+class BundleError(EdgeError, ValueError):
     """The bundle is missing, tampered, truncated or from an incompatible schema; `.problems` lists why."""
 
     def __init__(self, path: Path, problems: list[str]):
@@ -102,7 +130,7 @@ def finalize_manifest(bundle_dir: str | Path, manifest: dict) -> dict:
 @dataclass
 class Bundle:
     path: Path
-    manifest: dict
+    manifest: Manifest
 
     @property
     def name(self) -> str:
@@ -155,10 +183,8 @@ class Bundle:
         raise BundleError(self.path, [f"{MANIFEST}: no runnable variant for target {target!r}"])
 
     def runner(self, target: str = "cpu", variant: str | None = None, num_threads: int | None = None,
-               runtime: str = "auto"):
+               runtime: str = "auto") -> ModelRunner:
         """A `edge.runtime.ModelRunner` on the chosen TFLite variant."""
-        from edge.runtime import ModelRunner
-
         name = self.choose_variant(target, variant)
         spec = self.variants[name]
         if not spec["file"].endswith(".tflite"):
@@ -285,40 +311,3 @@ def describe(bundle: Bundle) -> list[str]:
 
 def _num(value, digits: int) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
-
-
-def register(app) -> None:
-    import typer
-
-    bundle_app = typer.Typer(help="Check and describe firmware bundles (firmware_assets/NAME).",
-                             no_args_is_help=True)
-
-    @bundle_app.command("verify")
-    def verify_command(path: Path = typer.Argument(..., help="Bundle folder, e.g. firmware_assets/demo-phantom")) -> None:
-        """Check the schema and every file's size and sha256; exit 1 naming each bad file."""
-        problems = verify(path)
-        if problems:
-            typer.echo(f"bundle {path} refused:", err=True)
-            for problem in problems:
-                typer.echo(f"  {problem}", err=True)
-            raise typer.Exit(1)
-        manifest = json.loads((path / MANIFEST).read_text())
-        n = len(manifest["variants"]) + len(manifest["files"])
-        typer.echo(f"OK {manifest['name']}: schema {SCHEMA_VERSION}, {n} files verified")
-
-    @bundle_app.command("info")
-    def info_command(path: Path = typer.Argument(..., help="Bundle folder"),
-                     as_json: bool = typer.Option(False, "--json", help="Print the manifest and fidelity as JSON.")) -> None:
-        """Verify, then show variants, sizes, nomogram, provenance, fidelity and the Edge TPU verdict."""
-        try:
-            bundle = load(path)
-        except BundleError as exc:
-            typer.echo(str(exc), err=True)
-            raise typer.Exit(1) from None
-        if as_json:
-            typer.echo(json.dumps({"manifest": bundle.manifest, "fidelity": bundle.fidelity()}, indent=2))
-            return
-        for line in describe(bundle):
-            typer.echo(line)
-
-    app.add_typer(bundle_app, name="bundle")

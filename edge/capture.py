@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 
 from .preprocess import to_rgb_uint8
+from .errors import EdgeError
 
 log = logging.getLogger("noa_edge.capture")
 
@@ -36,7 +37,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 DICOM_SUFFIXES = {".dcm", ".dicom", ""}
 
 
-class SourceError(ValueError):
+class SourceError(EdgeError, ValueError):
     """A --source value that cannot be understood or opened."""
 
 
@@ -242,19 +243,11 @@ def open_source(spec: str, listen_host: str = "127.0.0.1") -> Source:
 
 def demo_cine_path() -> Path:
     """The phantom cine shipped with the package (6 s, 15 fps, two frozen stretches; sidecar JSON with
-    the frozen ranges and per-frame ROIs). If it is missing, render it once with the phantom generator
-    into the user's cache (`converters.phantom_cine`, numpy + OpenCV only, ~10 s)."""
+    the frozen ranges and per-frame ROIs). It is rendered on the host (converters/phantom_cine.py) and
+    shipped as package data: the device never runs the generator."""
     if DEMO_CINE.is_file():
         return DEMO_CINE
-    cached = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "noa-edge" / DEMO_CINE.name
-    if cached.is_file():
-        return cached
-    try:
-        from converters.phantom_cine import write_cine
-    except ImportError as exc:
-        raise SourceError(f"demo cine missing ({DEMO_CINE}) and the phantom generator is not installed: {exc}") from None
-    log.info("rendering the demo cine to %s", cached)
-    return write_cine(cached, seed=0, seconds=6, progress=False)
+    raise SourceError(f"demo cine missing ({DEMO_CINE}): the installed package is incomplete; reinstall noa-edge")
 
 
 # ----------------------------------------------------------------------------------------- freeze

@@ -24,6 +24,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, g
 from pydicom import uid as dicom_uid
 
 from edge.preprocess import to_rgb_uint8
+from edge.errors import EdgeError
 
 log = logging.getLogger("noa_edge.dicom")
 
@@ -60,11 +61,11 @@ CANDIDATE_TRANSFER_SYNTAXES = [
 ]
 
 
-class DicomDecodeError(ValueError):
+class DicomDecodeError(EdgeError, ValueError):
     """A DICOM object could not be turned into frames; the message names the source and the reason."""
 
 
-class DicomConfigError(ValueError):
+class DicomConfigError(EdgeError, ValueError):
     """A `dicom:` source or `--pacs` address is malformed."""
 
 

@@ -10,6 +10,9 @@ An exam is the store's dict: id, created (ISO), dl_probability, nomogram_probabi
 threshold, inputs {fsh, volume_ml, edv_cm_s}, points {predictor: points}, roi [x, y, w, h],
 bundle {name, sha256, synthetic_demo}, timings {stage: ms}, frame_png, overlay_png, patient_id (optional),
 study_instance_uid (optional: the study the frame came from, e.g. over DICOM).
+
+Over ~450 lines on purpose: the four export forms share the field checks (_clear_errors), fonts and the
+report image; the PDF part leaves this module when it becomes a real text PDF (issue 12).
 """
 
 from __future__ import annotations
@@ -28,8 +31,11 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom import uid as dicom_uid
 
-from edge import __version__
-from edge.dicom_io import parse_pacs
+from . import __version__
+from .clinical import FIELDS as CLINICAL_FIELDS
+from .dicom_io import parse_pacs
+from .errors import EdgeError
+from .exam import Exam
 
 log = logging.getLogger("noa_edge.export")
 
@@ -38,18 +44,13 @@ SYNTHETIC = "Synthetic demo model - not for diagnosis"
 MANUFACTURER = "noa-edge"
 CODING_SCHEME = "99NOAEDGE"  # local coding scheme (the "99" prefix is reserved for private schemes)
 
-INPUT_FIELDS = [  # key, label, unit shown, UCUM code, UCUM meaning
-    ("fsh", "Serum FSH", "IU/L", "[IU]/L", "international unit per liter"),
-    ("volume_ml", "Testicular volume", "mL", "mL", "milliliter"),
-    ("edv_cm_s", "EDV", "cm/s", "cm/s", "centimeter per second"),
-]
 
 
-class ExportError(ValueError):
+class ExportError(EdgeError, ValueError):
     """The exam cannot be exported (missing or unreadable field); the message says which."""
 
 
-class PacsError(RuntimeError):
+class PacsError(EdgeError, RuntimeError):
     """The PACS could not be reached or refused the association."""
 
 
@@ -119,7 +120,7 @@ MARGIN = 70
 
 
 @_clear_errors
-def report_image(exam: dict) -> Image.Image:
+def report_image(exam: Exam) -> Image.Image:
     """The one-page report as a Pillow RGB image."""
     exam_id = exam.get("id")
     frame = _png_to_image(exam.get("frame_png"), "frame_png", exam_id)
@@ -177,8 +178,8 @@ def report_image(exam: dict) -> Image.Image:
     else:
         rows.append(("Nomogram probability (NOA)", _fmt_prob(exam["nomogram_probability"])))
     inputs = exam.get("inputs") or {}
-    for key, name, unit, _, _ in INPUT_FIELDS:
-        rows.append((name, _fmt_num(inputs.get(key), unit)))
+    for f in CLINICAL_FIELDS:
+        rows.append((f.label, _fmt_num(inputs.get(f.source), f.unit)))
     y = _table(draw, y, rows, f_text)
 
     points = exam.get("points") or {}
@@ -241,14 +242,14 @@ def _table(draw, y, rows, font, line: int = 36, key_w: int = 420) -> int:
     return y
 
 
-def report_png(exam: dict) -> bytes:
+def report_png(exam: Exam) -> bytes:
     """The one-page report as PNG bytes."""
     buf = io.BytesIO()
     report_image(exam).save(buf, format="PNG", dpi=(DPI, DPI), compress_level=3)
     return buf.getvalue()
 
 
-def report_pdf(exam: dict) -> bytes:
+def report_pdf(exam: Exam) -> bytes:
     """The one-page report as a PDF (A4 page, the report image embedded; Pillow writes it)."""
     buf = io.BytesIO()
     report_image(exam).save(buf, format="PDF", resolution=DPI, quality=92,
@@ -268,7 +269,7 @@ def _uid(exam, kind: str) -> str:
     return f"2.25.{uuid.int}"
 
 
-def _base_dataset(exam: dict, sop_class: str, kind: str, modality: str, series_number: int,
+def _base_dataset(exam: Exam, sop_class: str, kind: str, modality: str, series_number: int,
                   series_description: str) -> Dataset:
     created = _created(exam)
     now = dt.datetime.now()
@@ -320,7 +321,7 @@ def _base_dataset(exam: dict, sop_class: str, kind: str, modality: str, series_n
 
 
 @_clear_errors
-def secondary_capture(exam: dict, content: str = "report") -> Dataset:
+def secondary_capture(exam: Exam, content: str = "report") -> Dataset:
     """DICOM Secondary Capture Image (RGB) of the report page (`content="report"`, default: the PACS
     viewer then shows frame, ROI, CAM, numbers and disclaimers) or of the frame with the CAM overlay
     pasted into the ROI (`content="overlay"`). All text is burned in, so BurnedInAnnotation = YES."""
@@ -358,7 +359,7 @@ def secondary_capture(exam: dict, content: str = "report") -> Dataset:
 
 
 @_clear_errors
-def overlay_on_frame(exam: dict) -> Image.Image:
+def overlay_on_frame(exam: Exam) -> Image.Image:
     """The frame with the CAM overlay pasted into the ROI, the ROI outlined, and a burned-in warning."""
     exam_id = exam.get("id")
     frame = _png_to_image(exam.get("frame_png"), "frame_png", exam_id)
@@ -419,7 +420,7 @@ def _local(value: str, meaning: str) -> Dataset:
 
 
 @_clear_errors
-def structured_report(exam: dict) -> Dataset:
+def structured_report(exam: Exam) -> Dataset:
     """DICOM Comprehensive SR of the result: DL and nomogram probability, label, threshold, inputs,
     nomogram points, ROI, bundle and its sha256. VerificationFlag UNVERIFIED, CompletionFlag COMPLETE,
     and a comment that it is not for diagnostic use."""
@@ -470,11 +471,12 @@ def structured_report(exam: dict) -> Dataset:
 
     inputs = exam.get("inputs") or {}
     missing = []
-    for key, name, _unit, ucum, ucum_meaning in INPUT_FIELDS:
-        if inputs.get(key) is None:
-            missing.append(name)
+    for f in CLINICAL_FIELDS:
+        if inputs.get(f.source) is None:
+            missing.append(f.label)
         else:
-            items.append(_num(_local(key.upper()[:16], name), inputs[key], _code(ucum, "UCUM", ucum_meaning)))
+            items.append(_num(_local(f.source.upper()[:16], f.label), inputs[f.source],
+                              _code(f.ucum, "UCUM", f.ucum_meaning)))
     if missing:
         items.append(_text(_local("MISSING", "Clinical inputs not given"), ", ".join(missing)))
     for predictor, pts in (exam.get("points") or {}).items():

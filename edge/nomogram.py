@@ -19,6 +19,7 @@ from typing import Mapping
 from xml.sax.saxutils import escape
 
 import numpy as np
+from .errors import EdgeError
 
 SCHEMA = "noa-edge.nomogram/1"
 TRANSFORMS = ("identity", "logit", "log")
@@ -28,7 +29,7 @@ PROBABILITY_TICK_PRIORITY = (0.5, 0.1, 0.9, 0.01, 0.99, 0.05, 0.95, 0.2, 0.8, 0.
 MIN_TICK_GAP = 4.0  # percent of the axis width between two labelled ticks
 
 
-class NomogramError(ValueError):
+class NomogramError(EdgeError, ValueError):
     """A nomogram file that breaks the contract, or a patient value the nomogram must not score."""
 
 

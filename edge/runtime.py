@@ -21,17 +21,18 @@ import platform
 from pathlib import Path
 
 import numpy as np
+from edge.errors import EdgeError
 
 RUNTIMES = ("ai_edge_litert", "tflite_runtime", "tensorflow")
 EDGETPU_LIBRARY = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
 OUTPUT_NAMES = ("prob", "cam")
 
 
-class RuntimeUnavailable(RuntimeError):
+class RuntimeUnavailable(EdgeError, RuntimeError):
     """No TFLite interpreter (or the Edge TPU delegate) could be loaded on this machine."""
 
 
-class ModelError(ValueError):
+class ModelError(EdgeError, ValueError):
     """The model file is missing, unreadable, or lacks the `prob`/`cam` outputs."""
 
 

@@ -30,6 +30,16 @@ from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+
+from .cam import roi_view
+from .errors import EdgeError
+from .exam import Exam
+from .imaging import decode_png_rgb, image_media_type, png_bytes
+from .roi import box_problem
+
+__all__ = ["ExamStore", "StoreError", "image_media_type", "utc_now"]
+
 log = logging.getLogger("noa_edge.store")
 
 SCHEMA_VERSION = 1
@@ -53,13 +63,8 @@ CREATE TABLE IF NOT EXISTS exams (
 CREATE INDEX IF NOT EXISTS exams_created ON exams(created);
 """
 
-class StoreError(RuntimeError):
+class StoreError(EdgeError, RuntimeError):
     """The exam database cannot be opened or written."""
-
-
-def image_media_type(data: bytes) -> str:
-    """Content type of a stored image by its signature (PNG or JPEG)."""
-    return "image/jpeg" if data[:3] == b"\xff\xd8\xff" else "image/png"
 
 
 def utc_now() -> str:
@@ -146,8 +151,8 @@ class ExamStore:
         with self._lock:
             self._db.close()
 
-    def add_exam(self, exam: dict, frame_png: bytes, roi_png: bytes | None, overlay_png: bytes, *,
-                 recompress_frame: bool = False) -> dict:
+    def add_exam(self, exam: Exam, frame_png: bytes, roi_png: bytes | None, overlay_png: bytes, *,
+                 recompress_frame: bool = False) -> Exam:
         """Insert one exam (JSON-able dict) and its images atomically; returns it with id/uid/created.
         roi_png None (what the daemon passes) stores no ROI image: it is derived from frame + exam["roi"].
         recompress_frame: frame_png was written uncompressed; recompress it losslessly when idle."""
@@ -159,8 +164,6 @@ class ExamStore:
             if not (isinstance(roi, (list, tuple)) and len(roi) == 4):
                 raise StoreError(f"exam has no roi [x, y, w, h] (got {roi!r}) to derive its ROI image from; "
                                  "nothing stored")
-            from .roi import box_problem
-
             size = exam.get("frame_size") or [1 << 30, 1 << 30]  # bounds checked when the frame size is known
             problem = box_problem(roi, int(size[0]), int(size[1]))
             if problem:
@@ -168,7 +171,7 @@ class ExamStore:
             roi_png = b""
         elif not isinstance(roi_png, (bytes, bytearray)) or not roi_png:
             raise StoreError("exam image roi_png is empty; nothing stored")
-        exam = dict(exam)
+        exam = Exam(**exam)
         exam.setdefault("uid", uuid.uuid4().hex)
         exam.setdefault("created", utc_now())
         exam.pop("id", None)
@@ -196,7 +199,7 @@ class ExamStore:
         self._work.set()
         return {"id": cur.lastrowid, **exam}
 
-    def get_exam(self, exam_id: int, with_images: bool = False) -> dict | None:
+    def get_exam(self, exam_id: int, with_images: bool = False) -> Exam | None:
         """The exam dict (as stored) plus `id`; with_images adds frame_png/overlay_png bytes (the ROI image
         is derived on demand by get_image(id, "roi"): reports and exports never read it)."""
         cols = "id, exam_json" + (", frame_png, overlay_png" if with_images else "")
@@ -204,16 +207,16 @@ class ExamStore:
             row = self._db.execute(f"SELECT {cols} FROM exams WHERE id = ?", (int(exam_id),)).fetchone()
         if row is None:
             return None
-        exam = {"id": row[0], **json.loads(row[1])}
+        exam = Exam(id=row[0], **json.loads(row[1]))
         if with_images:
             exam.update(frame_png=bytes(row[2]), overlay_png=bytes(row[3]))
         return exam
 
-    def list_exams(self, limit: int = 50, offset: int = 0) -> list[dict]:
+    def list_exams(self, limit: int = 50, offset: int = 0) -> list[Exam]:
         with self._lock:
             rows = self._db.execute("SELECT id, exam_json FROM exams ORDER BY id DESC LIMIT ? OFFSET ?",
                                     (int(limit), int(offset))).fetchall()
-        return [{"id": r[0], **json.loads(r[1])} for r in rows]
+        return [Exam(id=r[0], **json.loads(r[1])) for r in rows]
 
     def count(self) -> int:
         with self._lock:
@@ -248,27 +251,15 @@ class ExamStore:
 
 def _derived_roi_png(frame_png: bytes, roi) -> bytes:
     """The ROI image of an exam stored without one: its frame cropped to its ROI, as the pipeline shows it."""
-    import cv2
-    import numpy as np
-
-    from .pipeline import png_bytes, roi_view
-
-    frame = cv2.imdecode(np.frombuffer(frame_png, np.uint8), cv2.IMREAD_UNCHANGED)
+    frame = decode_png_rgb(frame_png)
     if frame is None:
         raise StoreError("stored frame is not a readable PNG; cannot derive the ROI image")
-    if frame.ndim == 3:
-        frame = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
     return png_bytes(roi_view(frame, roi))
 
 
 def _recompressed_png(png: bytes) -> bytes:
     """The same pixels as a level-1 PNG (gray stays gray)."""
-    import cv2
-    import numpy as np
-
-    from .pipeline import png_bytes
-
-    img = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+    img = decode_png_rgb(png)
     if img is None or img.dtype != np.uint8 or img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3):
         raise StoreError("stored frame is not an 8-bit gray or RGB PNG")
-    return png_bytes(img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_BGR2RGB), level=1)
+    return png_bytes(img, level=1)

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, TEST_BUNDLE_SIZE
-from edge.bench import compare, summarize
+from edge.bench.stats import compare, summarize
 
 RESULT_KEYS = ("variant", "backend", "threads", "init_ms", "first_ms", "mean_ms", "std_ms", "min_ms", "max_ms",
                "p50_ms", "p90_ms", "p95_ms", "p99_ms", "fps", "peak_rss_mb")

@@ -21,7 +21,8 @@ import pytest
 
 from converters.convert import ConvertError, split_rois
 from converters.edgetpu_preflight import format_report, parse_compiler_log, preflight, run_compiler
-from converters.fp16_weights import choose_fp16_keep, fp16_round, fp16_weights, read_tflite
+from converters.fp16_weights import choose_fp16_keep, fp16_round, fp16_weights
+from converters.tflite_flatbuffer import read_tflite
 from edge.bundle import load
 from edge.runtime import ModelRunner
 
@@ -35,7 +36,7 @@ MAKE_RUN = textwrap.dedent(r'''
     import numpy as np
     from converters.models import build_cam_model
     from converters.dataset import load_dataset
-    from converters.phantom import simulate
+    from converters.simulate import simulate
     from edge.preprocess import crop_roi
 
     ds_path, run, size = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
@@ -117,7 +118,7 @@ def test_every_tflite_variant_in_litert_matches_keras(converted, variant, tol_pr
 def test_outputs_are_found_by_name_even_without_signature(converted, tmp_path):
     import flatbuffers
 
-    from converters.edgetpu_preflight import _schema
+    from converters.tflite_flatbuffer import schema as _schema
 
     path = converted["bundle"] / "model_int8.tflite"
     schema = _schema()
@@ -139,7 +140,7 @@ def test_outputs_are_found_by_name_even_without_signature(converted, tmp_path):
 CONVERTER_FP16 = textwrap.dedent(r'''
     import sys
     import keras
-    from converters.convert import convert_tflite, finalize_tflite, frozen_function
+    from converters.tflite_export import convert_tflite, finalize_tflite, frozen_function
     model = keras.models.load_model(sys.argv[1], compile=False)
     size = int(model.inputs[0].shape[1])
     buf, _ = finalize_tflite(convert_tflite(frozen_function(model, size, "uint8"), "fp16"), raw_pixel_input=True)
@@ -373,7 +374,7 @@ def test_demo_bundle_int8_agreement_and_mean_dprob_targets():
 
 
 def test_nomogram_decisions_use_clinical_values_and_need_all_of_them():
-    from converters.convert import nomogram_decisions
+    from converters.fidelity import nomogram_decisions
 
     nomogram = {"intercept": -1.0, "threshold": 0.5, "predictors": [
         {"source": "dl_probability", "transform": "logit", "coef": 1.0, "range": [0.001, 0.999]},

@@ -21,7 +21,9 @@ import typer
 from typer.testing import CliRunner
 
 from converters import dataset as dsmod
-from converters.dataset import DatasetError, load_dataset, read_image_file
+from converters.cli import register as register_host_commands
+from converters.dataset import DatasetError, load_dataset
+from converters.image_files import read_image_file
 
 PATIENT_HEADER = ["patient_id", "group", "age", "fsh", "lh", "testosterone", "inhibin_b"]
 IMAGE_HEADER = ["image_id", "patient_id", "side", "file", "roi_x", "roi_y", "roi_w", "roi_h",
@@ -437,7 +439,7 @@ def cli():
     def _main() -> None:  # a group, so the command is invoked by name as in noa-edge
         pass
 
-    dsmod.register(app)
+    register_host_commands(app)
     runner = CliRunner()
     return lambda *args: runner.invoke(app, ["validate", *map(str, args)])
 

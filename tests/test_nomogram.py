@@ -19,8 +19,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from converters import evaluate as ev
 from converters import nomogram as nm
 from converters import stats
+from converters.cli import register as register_host_commands
 from edge.nomogram import Nomogram, NomogramError, load_nomogram, points_scaling
 from edge.preprocess import crop_roi
 
@@ -32,7 +34,7 @@ PATIENT = {"dl_probability": 0.83, "fsh": 14.2, "volume_ml": 9.1, "edv_cm_s": 2.
 
 def cli():
     app = typer.Typer()
-    nm.register(app)
+    register_host_commands(app)
     app.command("noop")(lambda: None)  # keep typer in multi-command mode
     return app
 
@@ -302,7 +304,7 @@ def test_evaluate_on_development_data_reproduces_apparent_fit(dev, tmp_path):
     """No refit: on the development rows the frozen model must give the apparent AUC, calibration-in-the-
     large 0 and slope 1 (ML score equations), which a refit or a wrong threshold would not guarantee."""
     ds, run, rep = dev
-    res = nm.evaluate(run, ds, dl_probs=_prob_csv(run, tmp_path / "p.csv"))
+    res = ev.evaluate(run, ds, dl_probs=_prob_csv(run, tmp_path / "p.csv"))
     assert res["auc"] == pytest.approx(rep["discrimination"]["nomogram"]["auc"], abs=1e-12)
     assert res["auc_ci"] == pytest.approx(rep["discrimination"]["nomogram"]["ci"], abs=1e-12)
     assert res["calibration_slope"] == pytest.approx(1.0, abs=1e-7)
@@ -362,10 +364,10 @@ def test_evaluate_scores_images_with_keras_run(dev, tmp_path):
 
     dset = load_dataset(ds)
     rows = dset.labelled_images()
-    via_keras = nm.score_images_with_keras(run, dset, rows, progress=False)
+    via_keras = ev.score_images_with_keras(run, dset, rows, progress=False)
     direct = model(np.stack([crop_roi(dset.read_image(r), r["roi"], 32) for r in rows]).astype("float32"))
     np.testing.assert_allclose([via_keras[r["image_id"]] for r in rows], np.asarray(direct["prob"])[:, 0], atol=1e-6)
     assert len(via_keras) == len(rows) == 40 and np.ptp(list(via_keras.values())) > 0.01
-    res = nm.evaluate(run, ds, progress=False)
+    res = ev.evaluate(run, ds, progress=False)
     assert res["dl_probabilities"].endswith("(keras)") and res["source_kind"] == "run" and res["n_images"] == 40
     assert res["dl_auc"] == pytest.approx(stats.roc_auc([r["label"] for r in rows], [via_keras[r["image_id"]] for r in rows]))

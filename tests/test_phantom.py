@@ -14,10 +14,11 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
-from converters.phantom import (
-    SCANNERS, PhantomError, _grid, _lateral_beam, _rf_spectrum, envelope_from_rf_spectrum,
-    hilbert_envelope, labelled_marker, render_image, sample_cohort, simulate, speckle_patch_envelope,
+from converters.bmode import (
+    SCANNERS, _grid, _lateral_beam, _rf_spectrum, envelope_from_rf_spectrum, hilbert_envelope, speckle_patch_envelope,
 )
+from converters.phantom import PhantomError, labelled_marker, render_image, sample_cohort
+from converters.simulate import simulate
 
 RAYLEIGH_MEAN_OVER_STD = math.sqrt(math.pi / (4.0 - math.pi))  # 1.913
 
@@ -223,8 +224,12 @@ def test_simulate_refuses_bad_arguments(tmp_path):
 
 
 def test_cli_simulate(tmp_path):
-    from edge.cli import app
+    import typer
 
+    from converters.cli import register
+
+    app = typer.Typer()
+    register(app)
     runner = CliRunner()
     res = runner.invoke(app, ["simulate", str(tmp_path / "d"), "--oa", "1", "--noa", "1", "--controls", "0",
                               "--external", "0", "--workers", "1", "--quiet"])

@@ -6,7 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.pipeline import frame_png_bytes, jpeg_bytes, png_bytes, roi_view
+from edge.cam import roi_view
+from edge.imaging import frame_png_bytes, jpeg_bytes, png_bytes
 from edge.store import ExamStore, StoreError
 
 

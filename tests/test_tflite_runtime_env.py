@@ -27,7 +27,7 @@ CONVERT = textwrap.dedent(r'''
     from pathlib import Path
     import numpy as np
     from converters.models import build_cam_model
-    from converters.convert import convert_tflite, finalize_tflite, float_input_model, frozen_function
+    from converters.tflite_export import convert_tflite, finalize_tflite, float_input_model, frozen_function
 
     out, size = Path(sys.argv[1]), int(sys.argv[2])
     model = build_cam_model("NASNetMobile", size, seed=0)

@@ -17,14 +17,15 @@ import pytest
 from typer.testing import CliRunner
 
 from converters.augment import augment_batch, batch_rng, epoch_order
-from converters.train import TrainError, inner_validation_split, make_config, make_folds, train
+from converters.train import TrainError, make_config, train
+from converters.train_data import inner_validation_split, make_folds
 
 BACKBONES = "MobileNetV2,NASNetMobile"
 
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> Path:
-    from converters.phantom import simulate
+    from converters.simulate import simulate
 
     out = tmp_path_factory.mktemp("phantom") / "tiny"
     simulate(out, n_oa=6, n_noa=6, n_controls=1, seed=3, external=0, progress=False)
@@ -61,8 +62,12 @@ def _copy_dataset(src: Path, dst: Path, keep_patient=lambda row: True) -> Path:
 
 
 def _cli(args: list[str]):
-    from edge.cli import app
+    import typer
 
+    from converters.cli import register
+
+    app = typer.Typer()
+    register(app)
     return CliRunner().invoke(app, args)
 
 

@@ -1,0 +1,355 @@
+"""The host commands of `noa-edge`: simulate, validate, train, nomogram, evaluate, convert.
+
+`register(app)` adds them to a Typer app. edge/cli.py finds it through the entry-point group
+`noa_edge.commands` (pyproject.toml), so the device package never imports converters. Without the
+[train] extra it adds nothing and raises `TrainExtraMissing` (also an ImportError) with a one-line hint.
+Each command parses its options, calls its stage (converters.simulate, .dataset, .train, .nomogram,
+.evaluate, .convert) and turns the stage's errors into one line on stderr and an exit code. The stages
+import TensorFlow, scikit-learn and matplotlib inside their functions, so `noa-edge --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+
+import typer
+
+from converters.errors import TrainExtraMissing
+
+TRAIN_EXTRA_MODULES = ("tensorflow", "sklearn")  # the [train] extra is there when these are importable
+HOST_COMMANDS = ("simulate", "validate", "train", "nomogram", "evaluate", "convert")
+
+
+def missing_train_extra() -> list[str]:
+    """[train]-extra modules that cannot be found (found by name: nothing is imported)."""
+    missing = []
+    for module in TRAIN_EXTRA_MODULES:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(module)
+    return missing
+
+
+def register(app: typer.Typer) -> None:
+    """Add the host commands to `app`, in data-path order; raise TrainExtraMissing (adding nothing)
+    when the [train] extra is not installed."""
+    missing = missing_train_extra()
+    if missing:
+        raise TrainExtraMissing(f"host commands ({', '.join(HOST_COMMANDS)}) need the [train] extra "
+                                f"({', '.join(missing)} not installed): run  pip install -e '.[train]'")
+    _register_simulate(app)
+    _register_validate(app)
+    _register_train(app)
+    _register_nomogram(app)
+    _register_evaluate(app)
+    _register_convert(app)
+
+
+# ---------------------------------------------------------------------------------------- simulate
+def _register_simulate(app: typer.Typer) -> None:
+    from converters.phantom import DEFAULT_COUNTS, DEFAULT_IMAGE_SIGNAL
+
+    @app.command("simulate")
+    def simulate_cmd(
+        out: Path = typer.Argument(..., help="Output dataset directory (created; must be new or empty)."),
+        oa: int = typer.Option(DEFAULT_COUNTS["OA"], "--oa", help="Obstructive azoospermia patients."),
+        noa: int = typer.Option(DEFAULT_COUNTS["NOA"], "--noa", help="Non-obstructive azoospermia patients."),
+        controls: int = typer.Option(DEFAULT_COUNTS["control"], "--controls", help="Age-matched controls."),
+        seed: int = typer.Option(0, "--seed", help="Randomness; same seed -> byte-identical CSVs and images."),
+        external: int = typer.Option(100, "--external",
+                                     help="Patients in the external (other scanner) cohort, written to OUT/external; 0 = none."),
+        image_signal: float = typer.Option(DEFAULT_IMAGE_SIGNAL, "--image-signal",
+                                           help="How strongly severity shows in the image (0 = not at all)."),
+        cine: Path = typer.Option(None, "--cine", help="Also write a scan video (.avi MJPG or .mp4 mp4v)."),
+        workers: int = typer.Option(min(2, os.cpu_count() or 1), "--workers", help="Rendering processes."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing phantom dataset in OUT."),
+        quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    ) -> None:
+        """Write a phantom cohort (synthetic, not patient data) as a dataset directory."""
+        from converters.errors import PhantomError
+        from converters.simulate import simulate
+
+        t0 = time.perf_counter()
+        try:
+            res = simulate(out, oa, noa, controls, seed, external, image_signal, workers, cine,
+                           progress=not quiet, overwrite=overwrite)
+        except PhantomError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2)
+        dt = time.perf_counter() - t0
+        typer.echo(f"wrote {res['images']} images to {res['development']}")
+        if "external" in res:
+            typer.echo(f"wrote {res['external_images']} images to {res['external']} (external scanner)")
+        if "cine" in res:
+            typer.echo(f"wrote cine {res['cine']}")
+        typer.echo(f"done in {dt:.1f} s")
+
+
+# ---------------------------------------------------------------------------------------- validate
+def _print_summary(summary: dict, echo) -> None:
+    echo(f"dataset {summary['name']!r} ({summary['source_kind']}) at {summary['root']}, "
+         f"volume formula {summary['volume_formula']}")
+    echo("")
+    echo(f"{'group':<10}{'patients':>10}{'images':>10}")
+    for g, c in summary["groups"].items():
+        echo(f"{g:<10}{c['patients']:>10}{c['images']:>10}")
+    echo(f"{'total':<10}{summary['patients']:>10}{summary['images']:>10}")
+    echo("")
+    echo(f"{'missing values':<28}{'count':>8}{'%':>8}")
+    for file, cols in summary["missing"].items():
+        for col, m in cols.items():
+            echo(f"{file + ' ' + col:<28}{m['missing']:>8}{m['percent']:>8.1f}")
+
+
+def validate_command(dataset: Path, no_images: bool, json_file: Path | None, echo, echo_err) -> int:
+    """Run validation and print the result. Returns the exit code: 0 valid, 2 errors."""
+    from converters import dataset as dataset_mod  # looked up at call time (tests replace load_dataset)
+    from converters.dataset import DatasetError, Problem, format_problems
+
+    max_printed = 50
+    report: dict = {"dataset": str(dataset), "ok": False}
+    try:
+        ds = dataset_mod.load_dataset(dataset, check_images=not no_images)
+    except DatasetError as exc:
+        errors, warnings_ = exc.problems, exc.warnings
+    except Exception as exc:  # never a traceback: report as a problem naming the dataset
+        errors, warnings_ = [Problem(str(dataset), None, None,
+                                     f"unexpected error while validating: {type(exc).__name__}: {exc}")], []
+    else:
+        errors, warnings_ = [], ds.warnings
+        report.update(ok=True, summary=ds.summary())
+        _print_summary(report["summary"], echo)
+
+    if warnings_:
+        echo_err(f"\n{len(warnings_)} warning{'s' if len(warnings_) != 1 else ''}:")
+        echo_err(format_problems(warnings_, max_printed))
+    if errors:
+        echo_err(f"\n{len(errors)} error{'s' if len(errors) != 1 else ''} in {dataset}:")
+        echo_err(format_problems(errors, max_printed))
+        if len(errors) > max_printed and json_file is None:
+            echo_err("(use --json FILE for the full list)")
+    report["errors"] = [p.to_dict() for p in errors]
+    report["warnings"] = [p.to_dict() for p in warnings_]
+    if json_file is not None:
+        try:
+            Path(json_file).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        except OSError as exc:
+            echo_err(f"{json_file}: cannot write the JSON report: {exc.strerror or exc}")
+            return 2
+    if errors:
+        return 2
+    echo(f"\nOK: {dataset} is a valid dataset")
+    return 0
+
+
+def _register_validate(app: typer.Typer) -> None:
+    @app.command("validate")
+    def validate(
+        dataset: Path = typer.Argument(..., help="Dataset directory (dataset.json, patients.csv, "
+                                       "images.csv, images/)."),
+        no_images: bool = typer.Option(False, "--no-images",
+                                       help="Check the CSVs only; do not open image files."),
+        json_file: Path = typer.Option(None, "--json", help="Also write the full report as JSON."),
+    ) -> None:
+        """Validate a dataset directory: summary table and exit 0, or every problem and exit 2."""
+        code = validate_command(dataset, no_images, json_file, typer.echo,
+                                lambda msg: typer.echo(msg, err=True))
+        raise typer.Exit(code)
+
+
+# ------------------------------------------------------------------------------------------- train
+def _register_train(app: typer.Typer) -> None:
+    from converters.models import BACKBONES
+
+    @app.command("train")
+    def train_cmd(
+        dataset: Path = typer.Argument(..., help="Dataset directory (see docs/CONTRACTS.md)."),
+        out: Path = typer.Option(..., "--out", "-o", help="Run directory (re-running the same one resumes)."),
+        backbones: str = typer.Option(",".join(BACKBONES), "--backbones",
+                                      help="Comma-separated subset of " + ", ".join(BACKBONES) + "."),
+        folds: int = typer.Option(None, "--folds", help="Cross-validation folds by patient [5; --quick 2]."),
+        epochs: int = typer.Option(None, "--epochs", help="Maximum epochs per fold [30; --quick 1]."),
+        batch_size: int = typer.Option(16, "--batch-size"),
+        input_size: int = typer.Option(None, "--input-size", help="Model input side in px [224; --quick 64]."),
+        seed: int = typer.Option(0, "--seed"),
+        patience: int = typer.Option(5, "--patience", help="Early-stopping patience (epochs) on the inner validation AUC."),
+        weights: str = typer.Option(None, "--weights",
+                                    help="Local Keras no-top .h5: PATH (one backbone) or NAME=PATH,NAME=PATH. "
+                                    "Without it, weights start from scratch (nothing is downloaded)."),
+        include_controls: bool = typer.Option(False, "--include-controls", help="Add controls as label 0."),
+        quick: bool = typer.Option(False, "--quick", help="Smoke run: 64 px, 1 epoch, 2 folds, <= 40 images."),
+        max_images: int = typer.Option(None, "--max-images", help="Class-balanced patient subsample [--quick 40]."),
+        learning_rate: float = typer.Option(None, "--learning-rate", help="Adam [1e-3 from scratch, 1e-4 with weights]."),
+        quiet: bool = typer.Option(False, "--quiet", help="No progress bars or log lines on the terminal."),
+    ) -> None:
+        """Train the backbones with patient-grouped CV, pick the best, save RUN/model.keras + reports."""
+        from converters.cv_report import ci_text, fmt
+        from converters.dataset import DatasetError
+        from converters.errors import TrainError, WeightsError
+        from converters.train import make_config, train
+
+        try:
+            cfg = make_config(dataset, out, backbones, folds, epochs, batch_size, input_size, seed, patience,
+                              weights, include_controls, quick, max_images, learning_rate, progress=not quiet)
+            report = train(cfg)
+        except (TrainError, WeightsError, TrainExtraMissing) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2)
+        except DatasetError as exc:
+            typer.echo(f"error: dataset {dataset}: {exc}", err=True)
+            raise typer.Exit(2)
+        except KeyboardInterrupt:
+            typer.echo(f"interrupted; finished folds are kept in {out}/folds (re-run the same command to resume)",
+                       err=True)
+            raise typer.Exit(130)
+        except Exception as exc:  # never a traceback: the log file has it
+            typer.echo(f"error: training failed: {type(exc).__name__}: {exc} (details in {out}/train.log)", err=True)
+            raise typer.Exit(1)
+        sel = report["selected_backbone"]
+        im = report["backbones"][sel]["pooled"]["image"]
+        for name, res in report["backbones"].items():
+            m = res["pooled"]["image"]
+            typer.echo(f"{name:<15} pooled OOF AUC {fmt(m['auc'])} {ci_text(m)}  "
+                       f"patient {fmt(res['pooled']['patient']['auc'])}  folds {res['fold_wall_s']:.0f} s")
+        typer.echo(f"selected {sel} (AUC {fmt(im['auc'])}); wrote {out}/model.keras, {out}/cv_report.html, "
+                   f"{out}/oof_predictions.csv")
+
+
+# ---------------------------------------------------------------------------------------- nomogram
+def _nomogram_rows(run: Path, dataset, backbone):
+    from converters.nomogram import joined_rows, load_dataset_for, read_oof
+
+    probs, _, run_json = read_oof(Path(run), backbone)
+    ds = load_dataset_for(Path(run), run_json, dataset)
+    return joined_rows(ds, probs)[0]
+
+
+def _register_nomogram(app: typer.Typer) -> None:
+    from converters.nomogram import CANDIDATES, DEFAULT_PREDICTORS
+
+    @app.command("nomogram")
+    def nomogram_cmd(
+        run: Path = typer.Argument(..., help="Training run directory (oof_predictions.csv, run.json)."),
+        dataset: Path = typer.Option(None, "--dataset", help="Dataset directory (default: run.json 'dataset')."),
+        predictors: str = typer.Option(",".join(DEFAULT_PREDICTORS), "--predictors",
+                                       help=f"Comma-separated model predictors from: {', '.join(CANDIDATES)}; "
+                                            "'significant' = those with univariable p < 0.05."),
+        bootstrap: int = typer.Option(200, "--bootstrap", help="Bootstrap resamples for internal validation (0 = none)."),
+        seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+        backbone: str = typer.Option(None, "--backbone", help="Backbone whose OOF probabilities to use "
+                                                               "(default: run.json selected_backbone)."),
+    ):
+        """Fit the nomogram on out-of-fold DL probabilities + clinical data; write nomogram.json and the report."""
+        from converters.dataset import DatasetError
+        from converters.errors import ModelInputError, NomogramInputError
+        from converters.nomogram import analyse, univariable
+        from edge.nomogram import NomogramError
+
+        try:
+            if bootstrap < 0:
+                raise NomogramInputError(f"--bootstrap must be >= 0, got {bootstrap}")
+            if predictors.strip() == "significant":
+                rows = _nomogram_rows(run, dataset, backbone)
+                names = [u["name"] for u in univariable(rows) if u.get("p") is not None and u["p"] < 0.05]
+                if not names:
+                    raise NomogramInputError("no candidate has univariable p < 0.05")
+            else:
+                names = [p.strip() for p in predictors.split(",") if p.strip()]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                rep = analyse(run, dataset=dataset, predictors=names, bootstrap=bootstrap, seed=seed, backbone=backbone)
+        except (NomogramInputError, DatasetError, ModelInputError, NomogramError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        d = rep["discrimination"]["nomogram"]
+        typer.echo(f"nomogram ({' + '.join(rep['model']['predictors'])}) on {rep['flow']['analysed_images']} images / "
+                   f"{rep['flow']['analysed_patients']} patients: AUC {d['auc']:.3f} "
+                   f"(95% CI {d['ci'][0]:.3f}-{d['ci'][1]:.3f})")
+        for k, c in rep["comparisons"].items():
+            typer.echo(f"  vs {k}: AUC {c['auc2']:.3f}, DeLong p = {c['p']:.3g}")
+        if rep["schoor_rule"] and "vs_nomogram" in rep["schoor_rule"]:
+            typer.echo(f"  vs Schoor rule: AUC {rep['schoor_rule']['auc']['auc']:.3f}, "
+                       f"DeLong p = {rep['schoor_rule']['vs_nomogram']['p']:.3g}")
+        if rep["validation"]:
+            v = rep["validation"]["indexes"]
+            typer.echo(f"  bootstrap (B={rep['validation']['B_used']}): optimism-corrected C {v['C']['corrected']:.3f}, "
+                       f"slope {v['Slope']['corrected']:.3f}, Brier {v['Brier']['corrected']:.3f}")
+        for note in rep["notes"]:
+            typer.echo(f"  warning: {note}")
+        typer.echo(f"wrote {run / 'nomogram.json'}, {run / 'report.html'}, {run / 'report.json'}")
+
+
+# ---------------------------------------------------------------------------------------- evaluate
+def _register_evaluate(app: typer.Typer) -> None:
+    @app.command("evaluate")
+    def evaluate_cmd(
+        source: Path = typer.Argument(..., help="Firmware bundle directory or training run directory."),
+        dataset: Path = typer.Argument(..., help="Dataset directory of the new cohort."),
+        json_out: Path = typer.Option(None, "--json", help="Write the numbers to this JSON file."),
+        dl_probs: Path = typer.Option(None, "--dl-probs", help="CSV image_id,prob with precomputed DL probabilities "
+                                                                "(skips running the network)."),
+        variant: str = typer.Option(None, "--variant", help="Bundle model variant (default: the bundle's CPU default)."),
+    ):
+        """Score a frozen model + nomogram on a new cohort (no refit; threshold carried over)."""
+        from converters.dataset import DatasetError
+        from converters.errors import NomogramInputError
+        from converters.evaluate import evaluate
+        from edge.nomogram import NomogramError
+        from edge.runtime import ModelError, RuntimeUnavailable
+
+        try:
+            res = evaluate(source, dataset, dl_probs=dl_probs, variant=variant)
+        except (NomogramInputError, DatasetError, NomogramError, ModelError, RuntimeUnavailable,
+                TrainExtraMissing) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        typer.echo(f"{res['n_images']} images / {res['n_patients']} patients: AUC {res['auc']:.3f} "
+                   f"(95% CI {res['auc_ci'][0]:.3f}-{res['auc_ci'][1]:.3f}); DL alone {res['dl_auc']:.3f}; "
+                   f"at threshold {res['threshold']:.3f}: sensitivity {res['sensitivity']:.3f}, specificity "
+                   f"{res['specificity']:.3f}; calibration slope {res['calibration_slope']:.2f}, "
+                   f"in-the-large {res['calibration_in_the_large']:.2f}")
+        if res["excluded"]:
+            typer.echo(f"  excluded: {res['excluded']}")
+        if json_out:
+            json_out.write_text(json.dumps(res, indent=2))
+            typer.echo(f"wrote {json_out}")
+
+
+# ----------------------------------------------------------------------------------------- convert
+def _register_convert(app: typer.Typer) -> None:
+    @app.command("convert")
+    def convert_command(
+        run: Path = typer.Argument(..., help="Training run folder (RUN/model.keras, run.json, nomogram.json)."),
+        out: Path = typer.Option(..., "--out", help="Bundle folder to write, e.g. firmware_assets/NAME."),
+        targets: str = typer.Option("cpu,coral,jetson", help="Comma-separated: cpu, coral, jetson."),
+        name: str = typer.Option(None, help="Bundle name (default: the folder name)."),
+        dataset: Path = typer.Option(None, help="Dataset folder (default: run.json's 'dataset')."),
+        calibration_size: int = typer.Option(200, help="int8 calibration ROIs (stratified by class, whole patients)."),
+        seed: int = typer.Option(0, help="Seed of the calibration / held-out split."),
+        synthetic_demo: bool = typer.Option(None, "--synthetic-demo/--no-synthetic-demo",
+                                            help="Flag the bundle as a synthetic demo (default: if the dataset is a phantom)."),
+        max_fidelity_rois: int = typer.Option(None, help="Cap on held-out ROIs for the fidelity report."),
+        int8_retry: bool = typer.Option(True, "--int8-retry/--no-int8-retry",
+                                        help="If int8 misses a target, try per-tensor and more calibration data."),
+        overwrite: bool = typer.Option(False, help="Replace an existing bundle in OUT."),
+    ) -> None:
+        """Convert a trained model into a firmware bundle: TFLite fp32/fp16/int8, ONNX, fidelity, Edge TPU preflight."""
+        from converters.convert import ConvertConfig, convert
+        from converters.errors import ConvertError
+
+        try:
+            convert(run, out, ConvertConfig(targets=targets, name=name, dataset=dataset,
+                                            calibration_size=calibration_size, seed=seed,
+                                            synthetic_demo=synthetic_demo, max_fidelity_rois=max_fidelity_rois,
+                                            int8_retry=int8_retry, overwrite=overwrite))
+        except (ConvertError, TrainExtraMissing) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None

@@ -1,0 +1,58 @@
+"""/metrics: Prometheus text exposition of the daemon's counters, stage times and source state."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from ..daemon import Daemon, resident_memory_bytes
+from .common import WebContext
+
+
+def metrics_text(d: Daemon) -> str:
+    lines = []
+
+    def metric(name, kind, help_, samples):
+        lines.append(f"# HELP {name} {help_}")
+        lines.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            lab = "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else ""
+            lines.append(f"{name}{lab} {value}")
+
+    c = d.counters
+    metric("noa_edge_requests_total", "counter", "HTTP requests", [({}, c["requests"])])
+    metric("noa_edge_analyses_total", "counter", "Analyses by outcome",
+           [({"outcome": "ok"}, c["analyses_ok"]), ({"outcome": "rejected"}, c["analyses_rejected"]),
+            ({"outcome": "failed"}, c["analyses_failed"])])
+    metric("noa_edge_auto_analyses_total", "counter", "Analyses started by a freeze or a pushed image",
+           [({}, c["auto_analyses"])])
+    metric("noa_edge_uploads_too_large_total", "counter", "Uploads refused for size", [({}, c["uploads_too_large"])])
+    metric("noa_edge_auth_failures_total", "counter", "Requests with a missing or wrong token", [({}, c["auth_failures"])])
+    metric("noa_edge_exams_stored", "gauge", "Exams in the store", [({}, d.store.count())])
+    n = max(d.analyzer.analyses, 1)
+    metric("noa_edge_stage_seconds_sum", "counter", "Time spent per pipeline stage",
+           [({"stage": k}, round(v / 1000.0, 6)) for k, v in sorted(d.analyzer.stage_totals_ms.items())])
+    metric("noa_edge_stage_seconds_count", "counter", "Analyses timed", [({}, d.analyzer.analyses)])
+    metric("noa_edge_stage_seconds_mean", "gauge", "Mean time per stage",
+           [({"stage": k}, round(v / 1000.0 / n, 6)) for k, v in sorted(d.analyzer.stage_totals_ms.items())])
+    src = d.source_status()
+    metric("noa_edge_source_up", "gauge", "1 when the capture source delivers frames",
+           [({"state": src["state"]}, 1 if src["state"] == "live" else 0)])
+    for key in ("frames_captured", "frames_dropped", "reconnects", "freezes"):
+        extra = " (replaced before anyone read them)" if key == "frames_dropped" else ""
+        metric(f"noa_edge_source_{key}_total", "counter", f"Capture {key.replace('_', ' ')}{extra}",
+               [({}, src.get(key, 0))])
+    rss = resident_memory_bytes()
+    if rss is not None:
+        metric("process_resident_memory_bytes", "gauge", "Resident memory of the daemon", [({}, rss)])
+    return "\n".join(lines) + "\n"
+
+
+def build(ctx: WebContext) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    def metrics():
+        return Response(metrics_text(ctx.daemon), media_type="text/plain; version=0.0.4")
+
+    return router
