@@ -4,10 +4,10 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PACKAGES := dcmtk dicom3tools chromium r-base-core r-cran-rms r-cran-proc fonts-dejavu-core
+APT_PACKAGES := dcmtk dicom3tools chromium r-base-core r-cran-rms r-cran-proc fonts-dejavu-core poppler-utils
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-fast venv sysdeps firmware tflite-env bench clean
+.PHONY: demo test test-fast lint mutants venv sysdeps firmware tflite-env axe bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,11 +33,34 @@ $(TFLITE_VENV)/.installed:
 	@touch $@
 tflite-env: $(TFLITE_VENV)/.installed
 
-test: sysdeps venv tflite-env
+# axe-core (npm) for the accessibility checks the browser tests inject; into git-ignored .npm/, pinned.
+AXE_VERSION := 4.14.1
+NPM_DIR := .npm
+AXE_STAMP := $(NPM_DIR)/.axe-core-$(AXE_VERSION)
+$(AXE_STAMP):
+	@# npm comes with Node.js; Debian's npm package conflicts with NodeSource's nodejs, so only when npm is absent
+	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends npm; }
+	npm install --prefix $(NPM_DIR) --no-save --no-audit --no-fund --loglevel=error axe-core@$(AXE_VERSION)
+	@touch $@
+axe: $(AXE_STAMP)
+
+test: sysdeps venv tflite-env axe
 	$(BIN)/python -m pytest -ra -q $(PYTEST_ARGS)
 
-test-fast: venv
+# Everything but the tests marked slow (training, conversion, the end-to-end chain): < 3 min, docs/TESTING.md.
+# pytest's own exit status is make's: a failure, or 5 = no test collected, fails the target.
+test-fast: sysdeps venv tflite-env axe
 	$(BIN)/python -m pytest -ra -q -m "not slow" $(PYTEST_ARGS)
+
+# ruff (style, imports, bugbear, blind excepts) on the whole tree, mypy on edge/; config in pyproject.toml.
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+# Plants each curated bug of tests/mutants/mutants.toml alone in a temporary copy and runs its tests; exit 1
+# if one survives or no longer applies. MUTANTS_ARGS="--only crop-xy-swap" runs a subset.
+mutants: venv
+	$(BIN)/python tests/mutants/run.py $(MUTANTS_ARGS)
 
 demo: venv
 	$(BIN)/noa-edge demo

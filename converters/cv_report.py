@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from converters.backbone_trainer import EARLY_STOP_MONITOR, EARLY_STOP_WARMUP
+from edge.patient import patient_probability
 
 OOF_COLUMNS = ["image_id", "patient_id", "group", "label", "backbone", "fold", "prob"]
 GRADCAM_PER_CATEGORY = 3
@@ -49,15 +50,16 @@ def binary_metrics(y, prob) -> dict:
 
 
 def patient_level(patient_ids, y, prob) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """One row per patient: the mean probability of the patient's testes."""
+    """One row per patient, by the cart's patient-level rule (edge.patient.patient_probability: the mean
+    probability of the patient's testes), so the CV statistics and the cart aggregate the same way."""
     ids = list(dict.fromkeys(patient_ids))
     index = {p: i for i, p in enumerate(ids)}
-    sums, counts, labels = np.zeros(len(ids)), np.zeros(len(ids)), np.zeros(len(ids), dtype=int)
+    probs: list[list[float]] = [[] for _ in ids]
+    labels = np.zeros(len(ids), dtype=int)
     for p, yy, pr in zip(patient_ids, y, prob):
-        sums[index[p]] += pr
-        counts[index[p]] += 1
+        probs[index[p]].append(float(pr))
         labels[index[p]] = yy
-    return ids, labels, sums / counts
+    return ids, labels, np.array([patient_probability(ps) for ps in probs])
 
 
 def evaluate(patient_ids, y, prob) -> dict:

@@ -21,8 +21,16 @@ import numpy as np
 
 from converters.errors import ModelInputError, SeparationError  # noqa: F401 (re-exported)
 from converters.roc import (  # noqa: F401 (re-exported: converters.stats is the statistics API)
-    Z975, binomial_ci, classification_metrics, delong_ci, delong_paired_test, delong_placements, norm_sf, roc_auc,
-    roc_curve, youden_threshold,
+    Z975,
+    binomial_ci,
+    classification_metrics,
+    delong_ci,
+    delong_paired_test,
+    delong_placements,
+    norm_sf,
+    roc_auc,
+    roc_curve,
+    youden_threshold,
 )
 from converters.table1 import compare_categorical, compare_continuous  # noqa: F401 (re-exported)
 
@@ -127,9 +135,11 @@ def fit_logistic(X, y, names: list[str] | None = None, offset=None, tol: float =
         for j, name in enumerate(names):
             col = X[:, j]
             if not np.all(np.isfinite(col)):
-                raise ModelInputError(f"predictor '{name}' has {int((~np.isfinite(col)).sum())} missing/non-finite values")
+                raise ModelInputError(f"predictor '{name}' has {int((~np.isfinite(col)).sum())} "
+                                      "missing/non-finite values")
             if np.ptp(col) == 0:
-                raise ModelInputError(f"predictor '{name}' has no variance (every row = {col[0]:g}): it cannot be estimated")
+                raise ModelInputError(f"predictor '{name}' has no variance (every row = {col[0]:g}): "
+                                      "it cannot be estimated")
         X1 = np.column_stack([np.ones(n), X])
         if np.linalg.matrix_rank(X1) < p + 1:
             raise ModelInputError(f"predictors {names} are collinear (design matrix rank "
@@ -151,7 +161,7 @@ def fit_logistic(X, y, names: list[str] | None = None, offset=None, tol: float =
     if offset is None:
         beta[0] = math.log(ybar / (1 - ybar))
     ll = float(_loglik(X1 @ beta + off, y))
-    for it in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007 - `it` (iterations used) is read after the loop
         eta = X1 @ beta + off
         mu = 1 / (1 + np.exp(-eta))
         grad = X1.T @ (y - mu)
@@ -211,7 +221,7 @@ def fit_logistic_batch(X1: np.ndarray, y: np.ndarray, weights: np.ndarray, tol: 
         try:
             step = np.linalg.solve(H, grad[..., None])[..., 0]
         except np.linalg.LinAlgError:
-            step = np.stack([np.linalg.lstsq(h, g, rcond=None)[0] for h, g in zip(H, grad)])
+            step = np.stack([np.linalg.lstsq(h, g, rcond=None)[0] for h, g in zip(H, grad, strict=True)])
         step[done] = 0
         beta += step
         done |= np.max(np.abs(step), 1) < tol
@@ -297,7 +307,7 @@ def bootstrap_validate(X, y, B: int = 200, seed: int = 0, clusters=None, fit: Lo
     for b in np.flatnonzero(ok):
         train.append(_indexes(y, lp_orig[b], W[b]))
         test.append(_indexes(y, lp_orig[b], np.ones(n), cal[b]))
-    optimism = {k: float(np.mean([tr[k] - te[k] for tr, te in zip(train, test)])) for k in INDEX_NAMES}
+    optimism = {k: float(np.mean([tr[k] - te[k] for tr, te in zip(train, test, strict=True)])) for k in INDEX_NAMES}
     table = {k: {"apparent": apparent[k], "training": float(np.mean([t[k] for t in train])),
                  "test": float(np.mean([t[k] for t in test])), "optimism": optimism[k],
                  "corrected": apparent[k] - optimism[k]} for k in INDEX_NAMES}
@@ -344,7 +354,7 @@ def _calibration_from_replicates(y, lp_app, lp_orig_ok, samples_ok, grid: int) -
     predy = np.linspace(lo, hi, grid)
     apparent = lowess_at(p_app, y, predy)
     opt = np.zeros(grid)
-    for lp_b, idx in zip(lp_orig_ok, samples_ok):
+    for lp_b, idx in zip(lp_orig_ok, samples_ok, strict=True):
         p_b = 1 / (1 + np.exp(-lp_b))
         opt += lowess_at(p_b[idx], y[idx], predy) - lowess_at(p_b, y, predy)
     opt /= max(len(samples_ok), 1)

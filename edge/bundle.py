@@ -2,9 +2,10 @@
 
 A bundle is a folder (`firmware_assets/NAME/`) with model variants, a model card, the fidelity
 report and `manifest.json` (schema in docs/CONTRACTS.md). The device loads a bundle and nothing
-else, and only after every file matches the size and sha256 the manifest records: a byte flipped
-on an SD card, a copy cut short or a file from another build must stop the cart with a message
-that names the file, never produce a probability.
+else, and only after every file matches the size and sha256 the manifest records, whatever its kind
+(model, model card, README, fidelity report, Edge TPU preflight), and the folder holds no file the
+manifest does not list: a byte flipped on an SD card, a copy cut short or a file from another build
+must stop the cart with a message that names the file, never produce a probability.
 
 `manifest_sha256` (sha256 of the manifest's canonical JSON without that key) also catches edits to
 the manifest itself, e.g. a hand-changed threshold. It guards against accidents, not attackers:
@@ -175,7 +176,7 @@ class Bundle:
                                               f"(available: {', '.join(self.variants)})"])
             return variant
         chosen = self.manifest["default_variant"].get(target)
-        if chosen in self.variants:
+        if chosen is not None and chosen in self.variants:
             return chosen
         for fallback in ("int8", "fp32") if target == "coral" else ("fp16", "fp32"):
             if fallback in self.variants:
@@ -230,6 +231,7 @@ def verify(path: str | Path) -> list[str]:
     else:
         for rel, digest in manifest["files"].items():
             problems += _check_file(root, rel, digest, None, f"(files in {MANIFEST})")
+        problems += _unlisted_files(root, manifest)
     if sha256_json(manifest["nomogram"]) != manifest["nomogram_sha256"]:
         problems.append(f"{MANIFEST}: embedded nomogram does not match nomogram_sha256")
     for key in manifest["default_variant"].values():
@@ -253,6 +255,16 @@ def _check_file(root: Path, relative: str, digest: str, size: int | None, where:
     if sha256_file(path) != digest:
         return [f"{relative}: sha256 mismatch, the file was altered or corrupted {where}"]
     return []
+
+
+def _unlisted_files(root: Path, manifest: dict) -> list[str]:
+    """Files in the folder that the manifest does not hash: the writer lists every file it leaves, so one of
+    these came from elsewhere, and the device would read an unchecked fidelity.json or model card."""
+    listed = {MANIFEST, *manifest["files"]}
+    listed |= {spec["file"] for spec in manifest["variants"].values() if isinstance(spec, dict) and "file" in spec}
+    return [f"{rel}: not listed in {MANIFEST} (not part of this build: remove it or rebuild the bundle)"
+            for rel in sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+            if rel not in listed]
 
 
 def load(path: str | Path | None = None) -> Bundle:
@@ -291,14 +303,16 @@ def describe(bundle: Bundle) -> list[str]:
     tag = "PLACEHOLDER (not fitted)" if nomo.get("placeholder") else "fitted"
     lines.append(f"nomogram    {tag}; predictors {[p.get('name') for p in nomo.get('predictors', [])]}; "
                  f"sha256 {m['nomogram_sha256'][:12]}")
-    lines.append(f"threshold   {m['threshold']}" + (f" ({m.get('threshold_source')})" if m.get("threshold_source") else ""))
+    source = f" ({m.get('threshold_source')})" if m.get("threshold_source") else ""
+    lines.append(f"threshold   {m['threshold']}{source}")
     prov = m["provenance"]
     lines.append("provenance  " + ", ".join(f"{k}={v}" for k, v in prov.items()))
     fidelity = bundle.fidelity()
     if fidelity:
         lines.append(f"fidelity vs Keras on {fidelity.get('n_rois')} held-out ROIs "
                      f"(threshold {fidelity.get('threshold')})")
-        lines.append(f"  {'variant':8s} {'AUC':>7s} {'dAUC':>8s} {'agree':>7s} {'mean|dp|':>9s} {'max|dp|':>9s} {'CAM r':>7s}")
+        lines.append(f"  {'variant':8s} {'AUC':>7s} {'dAUC':>8s} {'agree':>7s} {'mean|dp|':>9s} {'max|dp|':>9s} "
+                     f"{'CAM r':>7s}")
         for name, f in fidelity.get("variants", {}).items():
             lines.append(f"  {name:8s} {_num(f.get('auc'), 4):>7s} {_num(f.get('delta_auc'), 4):>8s} "
                          f"{_num(f.get('agreement'), 4):>7s} {_num(f.get('mean_abs_dprob'), 5):>9s} "

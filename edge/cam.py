@@ -12,6 +12,7 @@ import numpy as np
 from .roi import Box
 
 CAM_SIZE_MIN = 224                  # overlay is drawn at least this big so the page shows detail
+ROI_VIEW_MAX_SIDE = 4096            # ...and its long side at most this (JPEG's limit is 65,535 px)
 
 _JET_RGB = np.ascontiguousarray(
     cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], cv2.COLORMAP_JET)[:, :, ::-1])
@@ -19,12 +20,16 @@ _JET_RGB = np.ascontiguousarray(
 
 def roi_view(frame: np.ndarray, roi: Box) -> np.ndarray:
     """The ROI as shown on the page and under the CAM: the crop, bilinear-upscaled so its short side is
-    at least CAM_SIZE_MIN. Also how the store derives the ROI image from a stored frame."""
+    at least CAM_SIZE_MIN, but never with a long side over ROI_VIEW_MAX_SIDE (a tall narrow ROI would
+    otherwise become an overlay JPEG cannot hold; a huge one is shrunk). Also how the store derives the ROI
+    image from a stored frame."""
     x, y, w, h = (int(v) for v in roi)
     view = frame[y:y + h, x:x + w]
-    scale = max(1.0, CAM_SIZE_MIN / max(1, min(w, h)))
-    if scale > 1.0:
-        view = cv2.resize(view, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_LINEAR)
+    h, w = view.shape[:2]
+    scale = min(max(1.0, CAM_SIZE_MIN / max(1, min(w, h))), ROI_VIEW_MAX_SIDE / max(1, w, h))
+    if scale != 1.0:
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        view = cv2.resize(view, size, interpolation=cv2.INTER_LINEAR if scale > 1.0 else cv2.INTER_AREA)
     return view
 
 

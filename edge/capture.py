@@ -5,11 +5,20 @@ Sources (`--source`):
   v4l2:N | /dev/videoN  an HDMI/SDI capture card (V4L2)
   rtsp://... http://... a network stream (OpenCV/FFmpeg)
   folder:PATH           new PNG/JPEG/DICOM files as they arrive (each file = one still to analyse)
-  dicom:AE_TITLE@PORT   a DICOM C-STORE SCP (edge.dicom_io) for carts that push images
+  dicom:AE_TITLE@PORT   a DICOM C-STORE SCP (edge.dicom_scp) for carts that push images
   demo                  the phantom cine loop shipped in edge/static/demo_cine.mp4
 
-The capture thread never queues: a slow consumer sees the newest frame and the rest are counted as
-dropped. A lost source is reopened with exponential backoff and its state is shown on the page.
+Two kinds, two rules:
+- Live video (video, v4l2, stream, demo) keeps the NEWEST FRAME ONLY, by design: a slow consumer sees the
+  newest frame and the rest are counted as dropped; a freeze is analysed from the frame it froze on, and
+  if an analysis is still running when the next freeze fires, the pending freeze is replaced by the newer
+  one (the screen has moved on; nothing was acknowledged to anyone).
+- Pushed stills (folder, dicom) are never dropped: each one is written to the durable inbox
+  (edge/inbox.py) before it is acknowledged (C-STORE Success) or taken (folder), and the inbox worker
+  analyses every one, in order, after a restart too. The grabber only keeps such a source open and shows
+  its state; the worker publishes each still as the newest frame for the live view.
+
+A lost source is reopened with exponential backoff and its state is shown on the page.
 """
 
 from __future__ import annotations
@@ -20,15 +29,20 @@ import queue
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import numpy as np
 
-from .preprocess import to_rgb_uint8
+from .decode_limits import raster_kind
+from .dicom_io import DicomConfigError, header_identifiers, parse_dicom_source
+from .dicom_scp import DicomStoreSCP, ScpAccess
 from .errors import EdgeError
+from .imaging import decode_image
+from .inbox import Inbox
+from .preprocess import to_rgb_uint8
 
 log = logging.getLogger("noa_edge.capture")
 
@@ -46,8 +60,7 @@ class Source:
     """Base: open() may raise; read() returns an RGB frame, None (nothing new yet) or raises (lost)."""
 
     kind = "source"
-    last_info: dict = {}      # what a discrete source knows about its latest still (e.g. DICOM study UID)
-    discrete = False          # True: every frame is a still to analyse (folder, DICOM); no freeze detection
+    discrete = False          # True: stills go to the inbox (folder, DICOM); read() returns None; no freeze detection
     describe = ""
 
     def open(self) -> None: ...
@@ -64,7 +77,7 @@ class OpenCVSource(Source):
     def __init__(self, target, kind: str, loop: bool = False, describe: str = ""):
         self.target, self.kind, self.loop = target, kind, loop
         self.describe = describe or str(target)
-        self._cap = None
+        self._cap: cv2.VideoCapture | None = None
         self._period = 0.0
         self._next_due = 0.0
 
@@ -103,103 +116,134 @@ class OpenCVSource(Source):
 
 
 def read_image_file(path: Path) -> np.ndarray:
-    """PNG/JPEG/DICOM file -> uint8 RGB; DICOM multi-frame -> its middle frame."""
+    """PNG/JPEG/DICOM file -> uint8 RGB (DICOM multi-frame: its middle frame), bounded like an upload."""
     path = Path(path)
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if img is None:
-            raise SourceError(f"{path.name}: not a readable PNG/JPEG image")
-        return to_rgb_uint8(img)
-    from .dicom_io import decode_dicom_path
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SourceError(f"{path.name}: cannot read ({exc.strerror or exc})") from None
+    return decode_image(data, path.name).frame
 
-    frames = decode_dicom_path(path)
-    if not frames:
-        raise SourceError(f"{path.name}: DICOM file has no image frames")
-    return frames[len(frames) // 2]
+
+def decode_still(data: bytes, name: str) -> tuple[np.ndarray, dict]:
+    """The inbox worker's decoder: (frame, what to add to the still's info)."""
+    decoded = decode_image(data, name)
+    return decoded.frame, {"n_frames": decoded.n_frames, "frame_index": decoded.frame_index}
 
 
 class FolderSource(Source):
-    """Watches a folder; every new PNG/JPEG/DICOM file (not seen before start) becomes one still."""
+    """Watches a folder; every new PNG/JPEG/DICOM file becomes one inbox item (see edge/inbox.py for
+    what "taken" means: the file stays where it is, its identity is remembered in the inbox). Files there
+    when the folder is first watched are history, not exams."""
 
     kind, discrete = "folder", True
 
-    def __init__(self, folder: Path, poll_s: float = 0.25, settle_s: float = 0.3):
-        self.folder, self.poll_s, self.settle_s = Path(folder), poll_s, settle_s
+    def __init__(self, folder: Path, inbox: Inbox | None = None, poll_s: float = 0.25, settle_s: float = 0.3):
+        self.folder, self.inbox, self.poll_s, self.settle_s = Path(folder), inbox, poll_s, settle_s
         self.describe = f"folder:{self.folder}"
-        self._seen: set[str] = set()
-        self._started = False
+        self._key = str(self.folder.resolve())
+        self._seen: set[tuple[str, int, int]] = set()  # (name, size, mtime_ns) taken or refused this run
+        self._full_logged = False
 
-    def _candidates(self) -> list[Path]:
+    def _candidates(self) -> list[tuple[Path, os.stat_result]]:
         out = []
         for entry in os.scandir(self.folder):
-            if not entry.is_file() or entry.name.startswith("."):
+            if entry.name.startswith("."):
                 continue
             suffix = Path(entry.name).suffix.lower()
-            if suffix in IMAGE_SUFFIXES or suffix in DICOM_SUFFIXES:
-                out.append(Path(entry.path))
-        return sorted(out, key=lambda p: (p.stat().st_mtime, p.name))
+            if suffix not in IMAGE_SUFFIXES and suffix not in DICOM_SUFFIXES:
+                continue
+            try:
+                if entry.is_file():
+                    out.append((Path(entry.path), entry.stat()))
+            except FileNotFoundError:
+                continue
+        return sorted(out, key=lambda p: (p[1].st_mtime_ns, p[0].name))
 
     def open(self) -> None:
         if not self.folder.is_dir():
             raise SourceError(f"folder not found: {self.folder}")
-        if not self._started:  # files already there are history, not new exams
-            self._seen = {str(p) for p in self._candidates()}
-            self._started = True
+        if self.inbox is None:
+            raise SourceError("folder source needs the daemon's inbox")
+        existing = [(self._key, p.name, st.st_size, st.st_mtime_ns) for p, st in self._candidates()]
+        if self.inbox.watch_folder(self._key, existing):  # files already there are history, not new exams
+            log.info("folder source: first watch of %s; %d file(s) already there are not analysed",
+                     self.folder, len(existing))
 
     def read(self) -> np.ndarray | None:
         if not self.folder.is_dir():
             raise SourceError(f"folder disappeared: {self.folder}")
-        now = time.time()
-        for path in self._candidates():
-            key = str(path)
-            if key in self._seen:
+        now = time.time_ns()
+        for path, st in self._candidates():
+            ident = (path.name, st.st_size, st.st_mtime_ns)
+            if ident in self._seen or now - st.st_mtime_ns < self.settle_s * 1e9:  # known, or still being written
                 continue
-            try:
-                if now - path.stat().st_mtime < self.settle_s:  # still being written
-                    continue
-            except FileNotFoundError:
-                continue
-            self._seen.add(key)
-            try:
-                return read_image_file(path)
-            except Exception as exc:  # one bad file must not stop the watch
-                log.warning("folder source: skipped %s: %s", path.name, exc)
+            if not self._take(path, ident):
+                break  # inbox full: the file stays untaken, the next poll tries again
         time.sleep(self.poll_s)
         return None
 
+    def _take(self, path: Path, ident: tuple[str, int, int]) -> bool:
+        inbox = self.inbox
+        if inbox is None:
+            raise SourceError("folder source needs the daemon's inbox")
+        key = (self._key, *ident)
+        if inbox.file_taken(key):
+            self._seen.add(ident)
+            return True
+        if ident[1] > inbox.max_bytes:
+            log.warning("folder source: skipped %s: %d bytes exceeds the inbox limit", path.name, ident[1])
+            self._seen.add(ident)
+            return True
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            log.warning("folder source: cannot read %s yet: %s", path.name, exc.strerror or exc)
+            return True
+        if len(data) != ident[1]:
+            return True  # changed while reading: next poll
+        ids = header_identifiers(data) if raster_kind(data) is None else None
+        result = inbox.put(data, kind="folder", name=path.name, info={"file": path.name, **(ids or {})},
+                                sop_instance_uid=(ids or {}).get("sop_instance_uid"), file=key)
+        if result.status == "full":
+            if not self._full_logged:
+                log.warning("folder source: inbox full (%s); %s and later files wait in the folder",
+                            result.detail, path.name)
+                self._full_logged = True
+            return False
+        self._full_logged = False
+        self._seen.add(ident)
+        if result.status == "duplicate":
+            log.info("folder source: %s is a repeat (%s): taken, not analysed again", path.name, result.detail)
+        return True
+
 
 class DicomSource(Source):
-    """DICOM C-STORE SCP (edge.dicom_io.DicomStoreSCP); each received instance becomes one still."""
+    """DICOM C-STORE SCP (edge.dicom_scp.DicomStoreSCP); each received object becomes one inbox item."""
 
     kind, discrete = "dicom", True
 
-    def __init__(self, ae_title: str, port: int, host: str = "127.0.0.1"):
-        self.ae_title, self.port, self.host = ae_title, port, host
+    def __init__(self, ae_title: str, port: int, access: ScpAccess | None = None, inbox: Inbox | None = None):
+        self.ae_title, self.port, self.access, self.inbox = ae_title, port, access or ScpAccess(), inbox
         self.describe = f"dicom:{ae_title}@{port}"
-        self._inbox: queue.Queue = queue.Queue(maxsize=64)
-        self._scp = None
+        self._scp: DicomStoreSCP | None = None
 
-    def _on_frames(self, frames, info=None) -> None:
-        if frames:
-            try:
-                self._inbox.put_nowait((frames[len(frames) // 2], dict(info or {})))
-            except queue.Full:
-                log.warning("DICOM source: inbox full, dropped one instance")
+    def _on_object(self, data: bytes, info: dict) -> str:
+        name = f"C-STORE from {info.get('calling_ae')} (SOP instance {info.get('sop_instance_uid')})"
+        if self.inbox is None:
+            raise SourceError("dicom source needs the daemon's inbox")
+        return self.inbox.put(data, kind="dicom", name=name, info=info,
+                              sop_instance_uid=info.get("sop_instance_uid")).status
 
     def open(self) -> None:
+        if self.inbox is None:
+            raise SourceError("dicom source needs the daemon's inbox")
         if self._scp is None:
-            from .dicom_io import DicomStoreSCP
-
-            scp = DicomStoreSCP(self.ae_title, self.port, self._on_frames, host=self.host)
-            scp.start()
-            self._scp = scp
+            self._scp = DicomStoreSCP(self.ae_title, self.port, self._on_object, access=self.access).start()
 
     def read(self) -> np.ndarray | None:
-        try:
-            frame, self.last_info = self._inbox.get(timeout=0.25)
-        except queue.Empty:
-            return None
-        return frame if frame.dtype == np.uint8 and frame.ndim == 3 else to_rgb_uint8(frame)
+        time.sleep(0.25)  # the SCP's threads do the work; stills reach the view through the inbox worker
+        return None
 
     def close(self) -> None:
         if self._scp is not None:
@@ -207,7 +251,7 @@ class DicomSource(Source):
             self._scp = None
 
 
-def open_source(spec: str, listen_host: str = "127.0.0.1") -> Source:
+def open_source(spec: str, inbox: Inbox | None = None, dicom_access: ScpAccess | None = None) -> Source:
     """Parse a --source value into a Source (not opened yet); raises SourceError with the reason."""
     spec = (spec or "").strip()
     if spec == "demo":
@@ -227,15 +271,13 @@ def open_source(spec: str, listen_host: str = "127.0.0.1") -> Source:
         path = spec[len("folder:"):]
         if not path:
             raise SourceError("folder: needs a directory, e.g. folder:/data/incoming")
-        return FolderSource(Path(path))
+        return FolderSource(Path(path), inbox)
     if spec.startswith("dicom:"):
-        from .dicom_io import DicomConfigError, parse_dicom_source
-
         try:
             ae_title, port = parse_dicom_source(spec)
         except DicomConfigError as exc:
             raise SourceError(str(exc)) from None
-        return DicomSource(ae_title, port, host=listen_host)
+        return DicomSource(ae_title, port, dicom_access, inbox)
     raise SourceError(
         f"unknown source {spec!r}: use demo, video:PATH, v4l2:N, /dev/videoN, rtsp://..., http://..., "
         "folder:PATH or dicom:AE_TITLE@PORT")
@@ -290,11 +332,13 @@ class FreezeDetector:
 
 # ---------------------------------------------------------------------------------------- grabber
 class FrameGrabber:
-    """One capture thread: newest frame only, reconnect with backoff, freeze/still events.
+    """One capture thread: newest frame only, reconnect with backoff, freeze events.
 
-    `on_still(frame_rgb, trigger, info)` is called from a separate worker thread (so a slow analysis never
-    blocks capture) for each freeze ("freeze") or each still of a discrete source ("folder"/"dicom");
-    if the worker is busy, the newest pending event replaces the older one.
+    `on_still(frame_rgb, "freeze", {})` is called from a separate worker thread (so a slow analysis never
+    blocks capture) for each freeze of a live source; if the worker is busy, the newest pending freeze
+    replaces the older one (live video is newest-only by design). Discrete sources (folder, dicom) emit
+    nothing here: their stills go through the durable inbox (edge/inbox.py), whose worker calls
+    `publish` so the newest still is also the newest frame of the live view.
     """
 
     def __init__(self, source: Source, on_still: Callable[[np.ndarray, str, dict], None] | None = None,
@@ -320,7 +364,7 @@ class FrameGrabber:
         self._worker = threading.Thread(target=self._work, name="noa-still-worker", daemon=True)
 
     # -- public
-    def start(self) -> "FrameGrabber":
+    def start(self) -> FrameGrabber:
         self._thread.start()
         self._worker.start()
         return self
@@ -346,10 +390,10 @@ class FrameGrabber:
                 "freezes": self.freezes, "frozen": self.freeze.frozen and not self.source.discrete,
                 "frame_age_s": None if age is None else round(age, 3), "frame_size": shape}
 
-    # -- threads
-    def _publish(self, frame: np.ndarray) -> None:
+    def publish(self, frame: np.ndarray) -> None:
+        """Make `frame` the newest frame (capture thread; the inbox worker for discrete sources)."""
         with self._lock:
-            if self._frame_seq > self._consumed_seq and self._frame is not None:
+            if self._frame_seq > self._consumed_seq and self._frame is not None and not self.source.discrete:
                 self.frames_dropped += 1  # overwritten before anyone looked: stale, dropped
             self._frame = frame
             self._frame_seq += 1
@@ -381,18 +425,16 @@ class FrameGrabber:
                     frame = self.source.read()
                     if frame is None:
                         continue
-                    self._publish(frame)
-                    if self.source.discrete:
-                        self._emit(frame, self.source.kind, self.source.last_info)
-                    elif self.freeze.update(frame):
+                    self.publish(frame)
+                    if self.freeze.update(frame):
                         self.freezes += 1
                         self._emit(frame, "freeze")
-            except Exception as exc:  # lost source: show it, back off, reopen
+            except Exception as exc:  # noqa: BLE001 - lost source (any error): show it, back off, reopen
                 self.state, self.error = "lost", str(exc)
                 log.warning("capture: %s: %s (retry in %.1f s)", self.source.describe, exc, backoff)
             try:
                 self.source.close()
-            except Exception:
+            except Exception:  # noqa: BLE001 - closing a lost source must not stop the loop
                 pass
             if self._stop.wait(backoff):
                 break
@@ -401,7 +443,7 @@ class FrameGrabber:
         self.state = "stopped"
         try:
             self.source.close()
-        except Exception:
+        except Exception:  # noqa: BLE001 - closing a lost source must not stop the loop
             pass
 
     def _work(self) -> None:
@@ -410,7 +452,9 @@ class FrameGrabber:
                 frame, trigger, info = self._events.get(timeout=0.2)
             except queue.Empty:
                 continue
+            if self.on_still is None:
+                continue
             try:
                 self.on_still(frame, trigger, info)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - an analysis failure is logged; the worker goes on
                 log.warning("automatic analysis (%s) failed: %s", trigger, exc)

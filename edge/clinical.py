@@ -9,10 +9,12 @@ nomogram may narrow a range (its `range` per predictor); the table's range is th
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from .errors import InputError
+
 
 # Every clinical variable of a dataset and a nomogram: column/source name -> (label, unit, plausible range,
 # level, hint shown when a value is outside). Ranges are wide on purpose: they catch unit mix-ups and typos,
@@ -83,49 +85,126 @@ def form_fields(ranges: Mapping[str, tuple[float, float]]) -> list[dict]:
     return out
 
 
-def parse_clinical(form: Mapping, ranges: Mapping[str, tuple[float, float]] | None = None) -> dict:
-    """Form values (strings or numbers; missing/empty = not given) -> clean floats keyed by nomogram source.
+# The one grammar of a typed number (issue 12): optional sign, digits, at most ONE decimal separator
+# ("." or ","), spaces only around it. Everything else is refused, never reinterpreted: Python's float()
+# would take "1_5" as 15, "1e3" as 1000, "inf"/"nan"; a browser's number field turns "4,5" into 45.
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:[.,][0-9]+)?|[.,][0-9]+)")
+# 1–3 digits (no leading zero), one separator, exactly 3 digits: "1,000" or "1.000" is a thousand in one
+# locale and one in another. Refused; "0,500" or "4,50" are not ambiguous.
+_AMBIGUOUS = re.compile(r"[+-]?[1-9][0-9]{0,2}[.,][0-9]{3}")
+_NOT_FINITE = {"nan", "inf", "infinity"}
+
+# Form/API names of the clinical inputs. `edv_cm_s` (the exam's key) is accepted as another name of `edv`.
+INPUT_NAMES = ("fsh", "volume_ml", "edv", "edv_cm_s", *DIMENSION_FIELDS)
+ALIASES = {"edv_cm_s": "edv"}
+
+
+def parse_number(raw, field: str, label: str = "") -> float | None:
+    """One typed value -> float, None when not given (missing or blank). InputError (naming the field and
+    what was typed) for anything outside the grammar above. JSON numbers (int/float) pass if finite."""
+    what = label or field
+    if raw is None:
+        return None
+    if isinstance(raw, bool):
+        raise InputError(field, f"{what}: {raw!r} is not a number")
+    if isinstance(raw, (int, float)):
+        if not math.isfinite(raw):
+            raise InputError(field, f"{what}: {raw!r} is not a finite number")
+        return float(raw)
+    text = str(raw)
+    stripped = text.strip()
+    if not stripped:
+        return None
+    if stripped.lower().lstrip("+-") in _NOT_FINITE:
+        raise InputError(field, f"{what}: {text!r} is not a finite number")
+    if _AMBIGUOUS.fullmatch(stripped):
+        whole, frac = re.split("[.,]", stripped)
+        raise InputError(field, f"{what}: {text!r} is ambiguous: {float(whole + '.' + frac):g} or "
+                                f"{int(whole + frac):d}? Write it without digit grouping")
+    if stripped[-1] in ".," and _NUMBER.fullmatch(stripped[:-1]):
+        raise InputError(field, f"{what}: {text!r} ends with a decimal separator: finish the number "
+                                "(e.g. 4,5) or remove the separator")
+    if not _NUMBER.fullmatch(stripped):
+        raise InputError(field, f"{what}: {text!r} is not a number (digits with at most one decimal point "
+                                "or comma, e.g. 4.5 or 4,5)")
+    return float(stripped.replace(",", "."))
+
+
+def _blank(raw) -> bool:
+    return raw is None or (isinstance(raw, str) and not raw.strip())
+
+
+def raw_inputs(form: Mapping) -> dict[str, str | float]:
+    """The clinical values as typed (non-blank ones), for the exam record."""
+    out = {}
+    for name in INPUT_NAMES:
+        raw = form.get(name)
+        if not _blank(raw):
+            out[name] = raw if isinstance(raw, (int, float)) and not isinstance(raw, bool) else str(raw)
+    return out
+
+
+def check_clinical(form: Mapping, ranges: Mapping[str, tuple[float, float]] | None = None) -> tuple[dict, dict]:
+    """Form values (strings or numbers; missing/blank = not given) -> (values keyed by nomogram source,
+    errors {form field: message}). Every field is checked, so a page can mark all bad fields at once.
 
     Volume comes either as volume_ml or as length/width/height in cm (Lambert: 0.71·L·W·H); the formula
-    used is recorded. Raises InputError for the first bad field, naming field, value, unit and range."""
+    used is recorded. The values of the good fields are returned even when another field has an error
+    (the page shows both); parse_clinical refuses the whole form on any error."""
     ranges = ranges or {}
+    errors: dict[str, str] = {}
     clean: dict = {}
 
     def number(field: str, label: str, unit: str, lo: float, hi: float):
-        raw = form.get(field)
-        if raw is None or (isinstance(raw, str) and not raw.strip()):
-            return None
         try:
-            value = float(str(raw).strip().replace(",", "."))
-        except ValueError:
-            raise InputError(field, f"{label}: {raw!r} is not a number") from None
-        if not math.isfinite(value):
-            raise InputError(field, f"{label}: {raw!r} is not a finite number")
-        if not lo <= value <= hi:
-            raise InputError(field, f"{label} = {value:g} {unit} is outside the plausible range {lo:g}–{hi:g} {unit}")
+            value = parse_number(form.get(field), field, label)
+        except InputError as exc:
+            errors[field] = str(exc)
+            return None
+        if value is not None and not lo <= value <= hi:
+            errors[field] = (f"{label} = {value:g} {unit} is outside the plausible range {lo:g}–{hi:g} {unit}")
+            return None
         return value
 
     for f in FIELDS:
         lo, hi = ranges.get(f.source, f.range)
-        value = number(f.form, f.label, f.unit, lo, hi)
-        if value is not None:
-            clean[f.source] = value
-    dims = {f: number(f, f"Testis {f.split('_')[0]}", "cm", *DIMENSION_RANGE_CM) for f in DIMENSION_FIELDS}
+        names = [f.form] + [a for a, target in ALIASES.items() if target == f.form]
+        typed = {n: number(n, f.label, f.unit, lo, hi) for n in names if not _blank(form.get(n))}
+        values = {n: v for n, v in typed.items() if v is not None}
+        if len(set(values.values())) > 1:
+            errors[names[-1]] = f"{f.label} given twice with different values ({', '.join(values)})"
+        elif values:
+            clean[f.source] = next(iter(values.values()))
+    dims = {f: number(f, VARIABLES[f].label, "cm", *DIMENSION_RANGE_CM) for f in DIMENSION_FIELDS}
     given = [f for f, v in dims.items() if v is not None]
     if given and "volume_ml" in clean:
-        raise InputError("volume_ml", "give either the testicular volume in mL or length/width/height in cm, not both")
-    if given and len(given) < 3:
-        missing = ", ".join(f for f in dims if dims[f] is None)
-        raise InputError(missing.split(",")[0], f"testis dimensions: {missing} missing (need length, width and height in cm)")
-    if len(given) == 3:
+        errors.setdefault("volume_ml", "give either the testicular volume in mL or length/width/height in cm, "
+                                       "not both")
+    elif given and len(given) < 3:
+        missing = [f for f in dims if dims[f] is None and f not in errors]
+        if missing:
+            errors.setdefault(missing[0], f"testis dimensions: {', '.join(missing)} missing (need length, "
+                                          "width and height in cm)")
+    elif len(given) == 3:
         volume = LAMBERT * dims["length_cm"] * dims["width_cm"] * dims["height_cm"]
         lo, hi = ranges.get("volume_ml", BY_SOURCE["volume_ml"].range)
         if not lo <= volume <= hi:
-            raise InputError("length_cm", f"volume from dimensions 0.71·L·W·H = {volume:.1f} mL is outside the "
-                                          f"plausible range {lo:g}–{hi:g} mL")
-        clean["volume_ml"] = round(volume, 3)
-        clean["volume_formula"] = "lambert_0.71"
-        clean.update(dims)
-    elif "volume_ml" in clean:
+            errors.setdefault("length_cm", f"volume from dimensions 0.71·L·W·H = {volume:.1f} mL is outside the "
+                                           f"plausible range {lo:g}–{hi:g} mL")
+        else:
+            clean["volume_ml"] = round(volume, 3)
+            clean["volume_formula"] = "lambert_0.71"
+            clean.update(dims)
+    if "volume_ml" in clean and "volume_formula" not in clean:
         clean["volume_formula"] = "entered"
-    return clean
+    return clean, errors
+
+
+def parse_clinical(form: Mapping, ranges: Mapping[str, tuple[float, float]] | None = None) -> dict:
+    """check_clinical, refusing with InputError for the first bad field (form order): nothing is ever
+    half-parsed or silently dropped."""
+    values, errors = check_clinical(form, ranges)
+    if errors:
+        field = next(iter(errors))
+        raise InputError(field, errors[field])
+    return values

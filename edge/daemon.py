@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,11 +19,17 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from .capture import FrameGrabber, FreezeDetector, SourceError, open_source
+from .capture import FrameGrabber, FreezeDetector, SourceError, decode_still, open_source
+from .decode_limits import DecodeLimits, set_limits
 from .dicom_io import DicomConfigError, parse_pacs
+from .dicom_scp import ScpAccess, check_access
 from .errors import EdgeError
+from .held_frames import TRIGGERS, HeldFrame, HeldFrames
+from .imaging import decode_upload
+from .inbox import Inbox, InboxWorker, exam_stored_for
+from .patient import PatientContext, clean_patient_id
 from .pipeline import Analyzer
-from .store import ExamStore
+from .store import ExamStore, StoreError
 
 HERE = Path(__file__).parent
 DEFAULT_BUNDLE = "firmware_assets/demo-phantom"
@@ -67,6 +74,18 @@ class DaemonConfig:
     freeze_threshold: float = 0.5
     freeze_frames: int = 8
     auto_analyze: bool = True
+    min_free_mb: float = 500.0   # below this free on --data-dir: health "degraded", analyses refused (507)
+    allow_hosts: list[str] = field(default_factory=list)  # Host header names accepted besides loopback/--host
+    dicom_host: str = "127.0.0.1"          # the C-STORE SCP's own bind address (edge/dicom_scp.py)
+    dicom_allow: list[str] = field(default_factory=list)  # calling AE titles allowed (needed off loopback)
+    dicom_max_associations: int = 10
+    dicom_tls_cert: str | None = None
+    dicom_tls_key: str | None = None
+    dicom_tls_ca: str | None = None
+    inbox_max_items: int = 1000            # waiting pushed images before the SCP answers Out of Resources
+    inbox_max_mb: float = 2048.0
+    max_image_mp: float = 40.0             # decode limits (edge/decode_limits.py)
+    max_frames: int = 1000
     extra: dict = field(default_factory=dict)
 
 
@@ -82,10 +101,18 @@ def check_config(cfg: DaemonConfig) -> None:
         raise ConfigError("--token must be at least 8 characters")
     if cfg.variant not in VARIANTS:
         raise ConfigError(f"--variant {cfg.variant!r}: choose one of {', '.join(VARIANTS)}")
+    if cfg.min_free_mb < 0:
+        raise ConfigError("--min-free-mb must be ≥ 0")
     if cfg.threads is not None and cfg.threads < 1:
         raise ConfigError("--threads must be ≥ 1")
     if not 0 < cfg.port < 65536:
         raise ConfigError(f"--port {cfg.port} must be 1–65535")
+    if cfg.max_image_mp <= 0 or cfg.max_frames < 1 or cfg.inbox_max_items < 1 or cfg.inbox_max_mb <= 0:
+        raise ConfigError("--max-image-mp, --max-frames, --inbox-max-items and --inbox-max-mb must be positive")
+    try:
+        check_access(dicom_access(cfg))
+    except DicomConfigError as exc:
+        raise ConfigError(str(exc)) from None
     if cfg.pacs:
         try:
             parse_pacs(cfg.pacs)
@@ -94,6 +121,11 @@ def check_config(cfg: DaemonConfig) -> None:
     if not (resolve_bundle(cfg.bundle) / "manifest.json").is_file():
         raise ConfigError(f"--bundle {cfg.bundle}: no manifest.json there (build one with `noa-edge convert`, "
                           "or `make firmware` for the demo bundle)")
+
+
+def dicom_access(cfg: DaemonConfig) -> ScpAccess:
+    return ScpAccess(host=cfg.dicom_host, allow=tuple(cfg.dicom_allow), max_associations=cfg.dicom_max_associations,
+                     tls_cert=cfg.dicom_tls_cert, tls_key=cfg.dicom_tls_key, tls_ca=cfg.dicom_tls_ca)
 
 
 def check_source(cfg: DaemonConfig) -> None:
@@ -105,6 +137,14 @@ def check_source(cfg: DaemonConfig) -> None:
             raise ConfigError(f"--source: {exc}") from None
 
 
+_DIRS = re.compile(r"(?<![\w/.])(?:/[^/\s'\"]+)+/")
+
+
+def without_paths(text: str) -> str:
+    """'video:/home/u/cine.mp4' → 'video:…/cine.mp4': answers never show where files live (URLs are kept)."""
+    return _DIRS.sub("…/", text)
+
+
 def resident_memory_bytes() -> int | None:
     try:
         return int(psutil.Process().memory_info().rss)
@@ -112,17 +152,34 @@ def resident_memory_bytes() -> int | None:
         return None
 
 
+def source_banner(status: dict) -> str:
+    """One sentence about a lost source, "" while it is live (or connecting for the first time)."""
+    if status.get("state") not in ("lost", "reconnecting") or not status.get("error"):
+        return ""
+    return f"Source {status.get('source') or ''} lost: {status['error']} — reconnecting…"
+
+
+class NoFrameError(EdgeError, RuntimeError):
+    """The source has no frame to freeze (yet, or at all)."""
+
+
 class Daemon:
-    """Everything the routes share: store, analyzer, capture thread, counters."""
+    """Everything the routes share: store, analyzer, capture thread, held frames, the open patient
+    context, counters."""
 
     def __init__(self, cfg: DaemonConfig):
         self.cfg = cfg
         self.started = time.time()
         self.data_dir = Path(cfg.data_dir) if cfg.data_dir else default_data_dir()
-        self.store = ExamStore(self.data_dir)
+        self.store = ExamStore(self.data_dir, min_free_bytes=int(cfg.min_free_mb * 1e6))
         self.analyzer = Analyzer(resolve_bundle(cfg.bundle), variant=cfg.variant, threads=cfg.threads,
                                  store=self.store)
+        set_limits(DecodeLimits(max_pixels=int(cfg.max_image_mp * 1e6), max_frames=cfg.max_frames))
+        self.inbox = Inbox(self.data_dir, max_items=cfg.inbox_max_items, max_bytes=int(cfg.inbox_max_mb * 1024**2))
+        self.inbox_worker: InboxWorker | None = None
         self.grabber: FrameGrabber | None = None
+        self.held = HeldFrames()          # the frames results are computed from (edge.held_frames)
+        self.context = PatientContext()   # the open patient context: automatic analyses use it
         self.counters = {"requests": 0, "analyses_ok": 0, "analyses_rejected": 0, "analyses_failed": 0,
                          "auto_analyses": 0, "uploads_too_large": 0, "auth_failures": 0}
         self._lock = threading.Lock()
@@ -132,15 +189,23 @@ class Daemon:
             self.counters[key] = self.counters.get(key, 0) + n
 
     def start_capture(self) -> None:
-        if not self.cfg.source:
-            return
-        source = open_source(self.cfg.source, listen_host=self.cfg.host)
-        self.grabber = FrameGrabber(source, on_still=self._on_still if self.cfg.auto_analyze else None,
-                                    freeze=FreezeDetector(self.cfg.freeze_threshold, self.cfg.freeze_frames)).start()
+        if self.cfg.source:
+            source = open_source(self.cfg.source, inbox=self.inbox, dicom_access=dicom_access(self.cfg))
+            freeze = FreezeDetector(self.cfg.freeze_threshold, self.cfg.freeze_frames)
+            self.grabber = FrameGrabber(source, on_still=self._on_still if self.cfg.auto_analyze else None,
+                                        freeze=freeze).start()
+        # pushed images (folder, DICOM) are analysed from the durable inbox, also those left by a previous run
+        self.inbox_worker = InboxWorker(self.inbox, decode_still, self._on_still if self.cfg.auto_analyze else None,
+                                        on_frame=self.grabber.publish if self.grabber is not None else None,
+                                        already_done=lambda item: exam_stored_for(self.store.list_exams, item),
+                                        transient=(StoreError,)).start()
 
     def stop(self) -> None:
         if self.grabber is not None:
             self.grabber.stop()
+        if self.inbox_worker is not None:
+            self.inbox_worker.stop()
+        self.inbox.close()
         self.store.close()
 
     def latest_frame(self) -> tuple[np.ndarray | None, int]:
@@ -150,13 +215,60 @@ class Daemon:
         return self.grabber.latest()
 
     def source_description(self) -> str:
-        return self.grabber.source.describe if self.grabber is not None else ""
+        """The source as answers and exams show it: no directories (a file path keeps its name only)."""
+        return without_paths(self.grabber.source.describe) if self.grabber is not None else ""
+
+    def freeze(self, trigger: str = "user") -> HeldFrame:
+        """Hold the newest live frame (a freeze is an object: its pixels never change afterwards)."""
+        frame, seq = self.latest_frame()
+        if frame is None:
+            st = self.source_status()
+            raise NoFrameError(f"no frame from the source to freeze (state: {st['state']}"
+                               f"{': ' + st['error'] if st.get('error') else ''})")
+        return self.held.hold(frame, trigger, self.source_description(), {"frame_seq": seq})
+
+    def hold_upload(self, data: bytes, name: str, frame_index: str | None = None) -> HeldFrame:
+        """An uploaded PNG/JPEG/DICOM becomes a held frame (InputError names "image" or "frame_index")."""
+        frame, n_frames, index = decode_upload(data, name, frame_index)
+        return self.held.hold(frame, "upload", "upload", {"n_frames": n_frames, "frame_index": index})
+
+    def auto_context(self, image_patient_id: str | None) -> dict:
+        """What an automatic analysis uses: the open context's values and patient ID (and says so), or
+        nothing (DL-only). An image that names another patient (DICOM PatientID) never gets this
+        context's values."""
+        ctx = self.context.get()
+        try:
+            image_pid = clean_patient_id(image_patient_id)
+        except EdgeError:
+            image_pid = None
+        if ctx is None:
+            return {"patient_id": image_pid, "clinical": {}, "notes": [], "context": None, "inputs_raw": {}}
+        if image_pid and image_pid != ctx.patient_id:
+            return {"patient_id": image_pid, "clinical": {}, "context": None, "inputs_raw": {},
+                    "notes": [f"the image's patient ID ({image_pid}) differs from the open patient context "
+                              f"(ID {ctx.patient_id}): the context's values were not used"]}
+        return {"patient_id": ctx.patient_id, "clinical": dict(ctx.values), "notes": [ctx.note()],
+                "context": "patient_context", "inputs_raw": dict(ctx.raw)}
 
     def _on_still(self, frame: np.ndarray, trigger: str, info: dict) -> None:
+        """Every automatic image (freeze detector, folder, DICOM; called by the capture worker) is held,
+        then analysed with the open patient context, if any."""
         extra = {k: info[k] for k in ("study_instance_uid", "sop_instance_uid", "modality") if info.get(k)}
         try:
-            self.analyzer.analyze(frame, trigger=trigger, source=self.source_description(),
-                                  patient_id=info.get("patient_id"), extra=extra)
+            self.store.check_space()  # refused before the model runs, as on the HTTP path
+        except StoreError:
+            self.count("analyses_refused_disk")
+            raise
+        try:
+            held = self.held.hold(frame, trigger if trigger in TRIGGERS else "freeze", self.source_description(),
+                                  {k: info[k] for k in ("frame_seq", "n_frames", "frame_index") if k in info})
+            use = self.auto_context(info.get("patient_id"))
+            laterality = str(info.get("laterality") or "").upper()
+            extra.update(side=laterality if laterality in ("L", "R") else None, context=use["context"],
+                         inputs_raw=use["inputs_raw"])
+            self.analyzer.analyze(held=held, clinical=use["clinical"], patient_id=use["patient_id"],
+                                  trigger=trigger, source=held.source, extra=extra,
+                                  notes=use["notes"] + list(info.get("identifier_notes") or []))
             self.count("auto_analyses")
             self.count("analyses_ok")
         except Exception:
@@ -164,6 +276,11 @@ class Daemon:
             raise
 
     def source_status(self) -> dict:
+        """The capture state; `banner` is THE sentence a page shows about a lost source ("" when fine):
+        the server-rendered page, the page's updates and /api/health all show this one text."""
         if self.grabber is None:
-            return {"source": None, "state": "none", "error": "", "frozen": False}
-        return self.grabber.status()
+            return {"source": None, "state": "none", "error": "", "frozen": False, "banner": ""}
+        status = self.grabber.status()
+        status = dict(status, source=without_paths(status.get("source") or ""),
+                      error=without_paths(status.get("error") or ""))
+        return dict(status, banner=source_banner(status))

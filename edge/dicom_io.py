@@ -1,9 +1,10 @@
-"""DICOM in: decode ultrasound / secondary-capture objects to RGB frames, and a C-STORE SCP for carts
-that push their images instead of showing them on a screen we could capture.
+"""DICOM in: decode ultrasound / secondary-capture objects to RGB frames (the C-STORE SCP that carts
+push to is edge/dicom_scp.py), validate their identifiers, parse DICOM addresses.
 
 Frames leave this module as uint8 RGB (H, W, 3), the same pixels a capture card would give, so the rest
-of the pipeline does not care where an image came from. Patient identifiers are passed to the caller
-in `info` and are never written to the log.
+of the pipeline does not care where an image came from. Sizes are checked from the header against the
+decode limits (edge/decode_limits.py) first, and the daemon decodes only the frame it uses. Patient
+identifiers are passed to the caller and are never written to the log.
 """
 
 from __future__ import annotations
@@ -11,20 +12,21 @@ from __future__ import annotations
 import io
 import logging
 import re
-import threading
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pydicom
+from pydicom import uid as dicom_uid
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder
-from pydicom import uid as dicom_uid
 
-from edge.preprocess import to_rgb_uint8
-from edge.errors import EdgeError
+from .decode_limits import check_dimensions
+from .errors import EdgeError, InputError
+from .preprocess import to_rgb_uint8
 
 log = logging.getLogger("noa_edge.dicom")
 
@@ -65,6 +67,14 @@ class DicomDecodeError(EdgeError, ValueError):
     """A DICOM object could not be turned into frames; the message names the source and the reason."""
 
 
+class DicomLimitError(DicomDecodeError):
+    """The header announces more pixels per frame or more frames than the decode limits allow."""
+
+
+class DicomSopClassError(DicomDecodeError):
+    """An object of a SOP class the daemon does not analyse (not ultrasound / secondary capture)."""
+
+
 class DicomConfigError(EdgeError, ValueError):
     """A `dicom:` source or `--pacs` address is malformed."""
 
@@ -96,13 +106,28 @@ def decode_dicom_path(path: str | Path) -> list[np.ndarray]:
 
 
 def decode_dicom_bytes(data: bytes, source_name: str) -> list[np.ndarray]:
-    """uint8 RGB (H, W, 3) frames of a DICOM image object given as bytes.
+    """Every uint8 RGB (H, W, 3) frame of a DICOM image object given as bytes (tests, exports; the
+    daemon's inputs use `decode_dicom_frame`, which decodes only the frame it uses).
 
     Raises DicomDecodeError naming `source_name` and the reason (not DICOM, truncated, no pixel data,
-    unsupported transfer syntax or photometric interpretation).
+    over the decode limits, unsupported transfer syntax or photometric interpretation).
     """
     ds = read_dataset(data, source_name)
     return decode_dataset(ds, source_name)
+
+
+def decode_dicom_frame(data: bytes, source_name: str, index: int | None = None) -> DicomFrame:
+    """One frame of a DICOM image object (default: the middle one), checked against the decode limits
+    from the header before any pixel is decoded."""
+    ds = read_dataset(data, source_name)
+    return decode_dataset_frame(ds, source_name, index)
+
+
+@dataclass
+class DicomFrame:
+    frame: np.ndarray     # uint8 RGB (H, W, 3)
+    n_frames: int
+    index: int
 
 
 def read_dataset(data: bytes, source_name: str) -> Dataset:
@@ -112,12 +137,12 @@ def read_dataset(data: bytes, source_name: str) -> Dataset:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            ds = pydicom.dcmread(io.BytesIO(data))
+            ds: Dataset = pydicom.dcmread(io.BytesIO(data))
         except InvalidDicomError:
             ds = _read_without_preamble(data, source_name)
         except (EOFError, OSError) as exc:
             raise DicomDecodeError(f"{source_name}: file is truncated ({exc})") from None
-        except Exception as exc:  # pydicom raises many types on garbage input
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many types on garbage input
             raise DicomDecodeError(f"{source_name}: not a readable DICOM file ({exc})") from None
     if any("end of file" in str(w.message).lower() for w in caught):
         raise DicomDecodeError(f"{source_name}: file is truncated (ends inside an element)")
@@ -130,11 +155,11 @@ def _read_without_preamble(data: bytes, source_name: str) -> Dataset:
     not_dicom = DicomDecodeError(f"{source_name}: not a DICOM file (no 'DICM' header and no image dataset)")
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
-    except Exception:
+    except Exception:  # noqa: BLE001 - any parse failure: not DICOM
         raise not_dicom from None
     try:
         is_image = "PixelData" in ds and "Rows" in ds and "Columns" in ds
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure: not an image dataset
         is_image = False
     if not is_image:
         raise not_dicom
@@ -147,10 +172,29 @@ def _read_without_preamble(data: bytes, source_name: str) -> Dataset:
     return ds
 
 
-def decode_dataset(ds: Dataset, source_name: str) -> list[np.ndarray]:
-    """uint8 RGB frames of an already parsed dataset (used by the SCP, which receives Datasets)."""
+def frame_count(ds: Dataset, source_name: str) -> int:
+    """NumberOfFrames (1 when absent), after checking Rows × Columns and the frame count against the
+    decode limits (edge.decode_limits): nothing is decoded for an object over them."""
     if "PixelData" not in ds:
         raise DicomDecodeError(f"{source_name}: no pixel data (not an image object, or the file is truncated)")
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        n_frames = int(ds.get("NumberOfFrames") or 1)
+        samples = int(ds.get("SamplesPerPixel") or 1)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise DicomDecodeError(f"{source_name}: unreadable Rows/Columns/NumberOfFrames ({exc})") from None
+    if samples not in (1, 3):
+        raise DicomDecodeError(f"{source_name}: {samples} samples per pixel (1 or 3 expected)")
+    try:
+        check_dimensions(source_name, columns, rows, max(n_frames, 1))
+    except InputError as exc:
+        raise DicomLimitError(str(exc)) from None
+    if n_frames < 1:
+        raise DicomDecodeError(f"{source_name}: NumberOfFrames is {n_frames}")
+    return n_frames
+
+
+def _decoder(ds: Dataset, source_name: str):
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if ts is None:
         raise DicomDecodeError(f"{source_name}: no transfer syntax in the file meta information")
@@ -165,25 +209,40 @@ def decode_dataset(ds: Dataset, source_name: str) -> list[np.ndarray]:
         raise DicomDecodeError(
             f"{source_name}: transfer syntax {ts.name} needs a pixel decoder plugin that is not installed"
         )
+    return ts, decoder
+
+
+def decode_dataset_frame(ds: Dataset, source_name: str, index: int | None = None) -> DicomFrame:
+    """Frame `index` (default the middle one) of a parsed dataset as uint8 RGB; only that frame is decoded."""
+    n_frames = frame_count(ds, source_name)
+    if index is None:
+        index = n_frames // 2
+    if not 0 <= index < n_frames:
+        raise DicomDecodeError(f"{source_name}: frame index {index} out of range (the object has {n_frames} "
+                               f"frame{'s' if n_frames != 1 else ''}: 0–{n_frames - 1})")
+    ts, decoder = _decoder(ds, source_name)
     try:
-        arr, meta = decoder.as_array(ds, as_rgb=True)
-    except Exception as exc:
+        arr, meta = decoder.as_array(ds, index=index, as_rgb=True)
+    except Exception as exc:  # noqa: BLE001 - decoder plugins raise many types; the reason is kept
         lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
         reason = " | ".join(lines)[:400] if lines else type(exc).__name__
         if "less than expected" in reason:
             reason = "pixel data is shorter than Rows x Columns x frames says (truncated?): " + reason
         raise DicomDecodeError(f"{source_name}: cannot decode pixel data ({ts.name}): {reason}") from None
-
     photometric = str(meta.get("photometric_interpretation", ds.get("PhotometricInterpretation", "")))
     samples = int(meta.get("samples_per_pixel", ds.get("SamplesPerPixel", 1)))
-    n_frames = int(meta.get("number_of_frames", 1) or 1)
-    frames = list(arr) if n_frames > 1 else [arr]
     try:
-        return [_frame_to_rgb(f, ds, photometric, samples) for f in frames]
+        return DicomFrame(_frame_to_rgb(arr, ds, photometric, samples), n_frames, index)
     except DicomDecodeError as exc:
         raise DicomDecodeError(f"{source_name}: {exc}") from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any conversion failure is a decode error with its reason
         raise DicomDecodeError(f"{source_name}: cannot convert {photometric} pixels to RGB: {exc}") from None
+
+
+def decode_dataset(ds: Dataset, source_name: str) -> list[np.ndarray]:
+    """Every frame of a parsed dataset, one at a time (bounded by the decode limits)."""
+    n_frames = frame_count(ds, source_name)
+    return [decode_dataset_frame(ds, source_name, i).frame for i in range(n_frames)]
 
 
 def _frame_to_rgb(frame: np.ndarray, ds: Dataset, photometric: str, samples: int) -> np.ndarray:
@@ -195,7 +254,7 @@ def _frame_to_rgb(frame: np.ndarray, ds: Dataset, photometric: str, samples: int
         rgb = to_rgb_uint8(values)  # gray -> RGB, min-max to 8 bits when wider
         return 255 - rgb if photometric == "MONOCHROME1" else rgb
     if photometric == "PALETTE COLOR":
-        rgb = apply_color_lut(frame, ds)
+        rgb = _apply_palette(frame, ds)
         bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
         return _scale_to_uint8(rgb, bits)
     if samples == 3 and photometric in ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT"):
@@ -207,6 +266,29 @@ def _frame_to_rgb(frame: np.ndarray, ds: Dataset, photometric: str, samples: int
     raise DicomDecodeError(
         f"unsupported photometric interpretation {photometric!r} with {samples} samples per pixel"
     )
+
+
+def _apply_palette(frame: np.ndarray, ds: Dataset) -> np.ndarray:
+    """PALETTE COLOR -> RGB through the LUTs, reading 16-bit LUT data in the dataset's byte order.
+
+    pydicom 3.0's apply_color_lut reads (non-segmented) LUT data in the machine's byte order, so a
+    big-endian file (e.g. OBXXXX1A_expb, explicit VR big endian) came out near-black: 0x0100 read as 1.
+    Segmented LUTs are left to pydicom, which reads those with the right byte order."""
+    if "RedPaletteColorLookupTableData" not in ds:
+        return apply_color_lut(frame, ds)
+    n_entries, first, _bits = (int(v) for v in ds.RedPaletteColorLookupTableDescriptor)
+    n_entries = n_entries or 65536
+    little = getattr(ds.file_meta, "TransferSyntaxUID", dicom_uid.ExplicitVRLittleEndian).is_little_endian
+    luts = []
+    for colour in ("Red", "Green", "Blue"):
+        raw = ds[f"{colour}PaletteColorLookupTableData"].value
+        width = len(raw) // n_entries
+        if width not in (1, 2):
+            raise DicomDecodeError(f"{colour} palette LUT holds {len(raw)} bytes for {n_entries} entries")
+        dtype = np.dtype("u1") if width == 1 else np.dtype("<u2" if little else ">u2")
+        luts.append(np.frombuffer(raw, dtype, count=n_entries).astype(np.uint16))
+    index = np.clip(frame.astype(np.int64) - first, 0, n_entries - 1)
+    return np.stack([lut[index] for lut in luts], axis=-1)
 
 
 def _scale_to_uint8(rgb: np.ndarray, bits: int) -> np.ndarray:
@@ -262,116 +344,81 @@ def parse_pacs(pacs: str) -> tuple[str, str, int]:
 
 
 # ---------------------------------------------------------------------------------------------
-# C-STORE SCP
+# Identifiers
 
-# Failure statuses (PS3.4 Annex B.2.3): 0xC000-0xCFFF "cannot understand", 0xA700 out of resources.
-STATUS_SUCCESS = 0x0000
-STATUS_CANNOT_UNDERSTAND = 0xC000
-STATUS_SOP_CLASS_MISMATCH = 0xA900
-STATUS_PROCESSING_FAILED = 0xC001
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-class DicomStoreSCP:
-    """C-STORE SCP: each received US / SC image is decoded and handed to `on_frames(frames, info)`.
+def valid_uid(value: str) -> bool:
+    """A DICOM UID (PS3.5 9.1): digits and dots, no leading zeros in a component, at most 64 chars."""
+    return 0 < len(value) <= 64 and bool(_UID.match(value))
 
-    `info` = {"sop_instance_uid", "sop_class_uid", "modality", "calling_ae", "study_instance_uid",
-    "transfer_syntax", "patient_id" (only if present)}. A bad object answers a failure status with the
-    reason in the log (no patient data) and the server keeps serving. `on_frames` runs in the
-    association's thread (one per connected cart) and the cart waits for it, so keep it short and
-    thread-safe; an exception in it answers the cart 0xC001.
-    """
 
-    def __init__(
-        self,
-        ae_title: str,
-        port: int,
-        on_frames: Callable[[list[np.ndarray], dict], None],
-        host: str = "127.0.0.1",
-    ):
-        self.ae_title = _check_ae_title(ae_title, "DICOM SCP")
-        self.port = int(port)
-        self.host = host
-        self.on_frames = on_frames
-        self.transfer_syntaxes = decodable_transfer_syntaxes()
-        self._server = None
-        self._lock = threading.Lock()
-        self.received = 0
-        self.failed = 0
+def clean_patient_id(value, notes: list[str] | None = None) -> str | None:
+    """PatientID (LO, one value) as text safe to store and export: a multi-valued element (a backslash
+    in the file) keeps its first non-empty value, not the text of a Python list; control characters are
+    removed and the result is cut to 64 characters. What changed goes to `notes` (never the ID itself)."""
+    if value is None:
+        return None
+    values = [str(v) for v in value] if isinstance(value, (list, tuple, MultiValue)) else str(value).split("\\")
+    values = [v.strip() for v in values if v.strip()]
+    if not values:
+        return None
+    if len(values) > 1 and notes is not None:
+        notes.append(f"PatientID held {len(values)} values (backslash-separated); the first is kept")
+    text = _CONTROL.sub("", values[0]).strip()
+    if len(text) > 64:
+        text = text[:64]
+        if notes is not None:
+            notes.append("PatientID was longer than 64 characters and was cut")
+    return text or None
 
-    def start(self) -> "DicomStoreSCP":
-        from pynetdicom import AE, evt
 
-        ae = AE(ae_title=self.ae_title)
-        for sop_class in ACCEPTED_SOP_CLASSES:
-            ae.add_supported_context(sop_class, self.transfer_syntaxes)
-        # A C-ECHO lets cart engineers test the link before sending images.
-        ae.add_supported_context("1.2.840.10008.1.1", [dicom_uid.ExplicitVRLittleEndian, dicom_uid.ImplicitVRLittleEndian])
-        ae.maximum_pdu_size = 0  # no limit
-        try:
-            self._server = ae.start_server(
-                (self.host, self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._handle_store)]
-            )
-        except OSError as exc:
-            raise DicomConfigError(f"DICOM SCP cannot listen on {self.host}:{self.port}: {exc.strerror or exc}") from None
-        log.info("DICOM SCP %s listening on %s:%d", self.ae_title, self.host, self.port)
-        return self
+def dataset_identifiers(ds: Dataset) -> dict:
+    """sop_instance_uid, study_instance_uid, sop_class_uid, modality, laterality and patient_id (when present) of a
+    dataset, validated before they reach the store and the exports. An invalid UID is replaced by one
+    derived from it (the same bad UID always maps to the same new one, so a study's images stay together)
+    and `identifier_notes` says so."""
+    notes: list[str] = []
+    out: dict = {}
+    for key, keyword in (("sop_instance_uid", "SOPInstanceUID"), ("study_instance_uid", "StudyInstanceUID")):
+        raw = _CONTROL.sub("", str(ds.get(keyword) or "")).strip()
+        if not raw:
+            out[key] = None
+        elif valid_uid(raw):
+            out[key] = raw
+        else:
+            out[key] = str(dicom_uid.generate_uid(entropy_srcs=[raw]))
+            notes.append(f"{keyword} was not a valid DICOM UID; replaced by {out[key]}")
+    out["sop_class_uid"] = str(ds.get("SOPClassUID", "")) or None
+    out["modality"] = _CONTROL.sub("", str(ds.get("Modality", ""))).strip()[:16] or None
+    laterality = str(ds.get("ImageLaterality") or ds.get("Laterality") or "").strip().upper()
+    out["laterality"] = laterality if laterality in ("L", "R") else None
+    patient_id = clean_patient_id(ds.get("PatientID"), notes)
+    if patient_id:
+        out["patient_id"] = patient_id
+    if notes:
+        out["identifier_notes"] = notes
+    return out
 
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
-            log.info("DICOM SCP %s stopped", self.ae_title)
 
-    def __enter__(self) -> "DicomStoreSCP":
-        return self.start()
+def header_identifiers(data: bytes) -> dict | None:
+    """dataset_identifiers of DICOM bytes without reading the pixel data; None when not parseable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=data[128:132] != b"DICM")
+        return dataset_identifiers(ds) if "SOPInstanceUID" in ds or "StudyInstanceUID" in ds else None
+    except Exception:  # noqa: BLE001 - a header we cannot parse has no identifiers
+        return None
 
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
-    def _failure(self, status: int, reason: str) -> Dataset:
-        with self._lock:
-            self.failed += 1
-        response = Dataset()
-        response.Status = status
-        response.ErrorComment = reason[:64]  # LO, 64 chars
-        return response
-
-    def _handle_store(self, event) -> Dataset | int:
-        calling_ae = str(event.assoc.requestor.ae_title).strip()
-        sop_instance = str(event.request.AffectedSOPInstanceUID)
-        source_name = f"C-STORE from {calling_ae} (SOP instance {sop_instance})"
-        try:
-            ds = event.dataset
-            ds.file_meta = event.file_meta
-        except Exception as exc:
-            log.warning("%s: rejected, dataset cannot be parsed: %s", source_name, exc)
-            return self._failure(STATUS_CANNOT_UNDERSTAND, f"dataset cannot be parsed: {exc}")
-        sop_class = str(ds.get("SOPClassUID", ""))
-        if sop_class not in ACCEPTED_SOP_CLASSES:
-            log.warning("%s: rejected, SOP class %s is not an accepted image class", source_name, sop_class)
-            return self._failure(STATUS_SOP_CLASS_MISMATCH, f"SOP class {sop_class} not accepted")
-        try:
-            frames = decode_dataset(ds, source_name)
-        except DicomDecodeError as exc:
-            log.warning("rejected: %s", exc)
-            return self._failure(STATUS_CANNOT_UNDERSTAND, str(exc).split(": ", 1)[-1])
-        info = {
-            "sop_instance_uid": str(ds.get("SOPInstanceUID", sop_instance)),
-            "sop_class_uid": sop_class,
-            "study_instance_uid": str(ds.get("StudyInstanceUID", "")) or None,
-            "modality": str(ds.get("Modality", "")) or None,
-            "calling_ae": calling_ae,
-            "transfer_syntax": str(ds.file_meta.TransferSyntaxUID),
-        }
-        if ds.get("PatientID"):
-            info["patient_id"] = str(ds.PatientID)
-        try:
-            self.on_frames(frames, info)
-        except Exception as exc:  # the daemon's problem, but the cart must get an answer
-            # type only: a message from downstream could carry patient data
-            log.error("%s: frames decoded but processing failed: %s", source_name, type(exc).__name__)
-            return self._failure(STATUS_PROCESSING_FAILED, f"processing failed: {type(exc).__name__}")
-        with self._lock:
-            self.received += 1
-        log.info("%s: stored, %d frame(s) %dx%d", source_name, len(frames), frames[0].shape[1], frames[0].shape[0])
-        return STATUS_SUCCESS
+def check_sop_class(ds: Dataset, source_name: str) -> None:
+    """Only the image classes a cart sends (ACCEPTED_SOP_CLASSES): the SCP negotiates only these, and
+    uploads are held to the same list (a CT or a segmentation object is not analysed)."""
+    sop_class = str(ds.get("SOPClassUID", "") or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
+    if sop_class and sop_class not in ACCEPTED_SOP_CLASSES:
+        name = getattr(dicom_uid.UID(sop_class), "name", sop_class)
+        raise DicomSopClassError(f"{source_name}: SOP class {name} ({sop_class}) is not an ultrasound or "
+                                 "secondary-capture image; accepted: " + ", ".join(ACCEPTED_SOP_CLASSES.values()))

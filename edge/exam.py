@@ -24,6 +24,15 @@ class Exam(TypedDict, total=False):
     trigger: str                         # upload | button | freeze | folder | dicom
     source: str                          # the capture source's description, or "upload"
     patient_id: str | None               # optional, local only, never logged
+    frame_id: str                        # the held frame analysed (edge.held_frames)
+    frame_sha256: str                    # sha256 of its uint8 RGB (H, W, 3) pixels, C order
+    held_at: str                         # when the frame was held (ISO-8601, local time with offset)
+    frame_trigger: str                   # how the frame was held: user | upload | freeze | folder | dicom | button
+    side: str | None                     # L | R (which testis), when known
+    context: str | None                  # form | patient_context | None: where the clinical values came from
+    inputs_raw: dict[str, Any]           # the clinical values as typed
+    thresholds: dict[str, float | None]  # {"nomogram", "dl_only"}: the bundle's two cut-offs
+    labels: dict[str, str]               # {"positive", "negative"}
     frame_size: list[int]                # [width, height] of the analysed frame
     image_area: list[int]                # [x, y, w, h] of the B-mode image area
     roi: list[int]                       # [x, y, w, h] drawn on exactly the analysed frame

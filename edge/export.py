@@ -11,8 +11,10 @@ threshold, inputs {fsh, volume_ml, edv_cm_s}, points {predictor: points}, roi [x
 bundle {name, sha256, synthetic_demo}, timings {stage: ms}, frame_png, overlay_png, patient_id (optional),
 study_instance_uid (optional: the study the frame came from, e.g. over DICOM).
 
-Over ~450 lines on purpose: the four export forms share the field checks (_clear_errors), fonts and the
-report image; the PDF part leaves this module when it becomes a real text PDF (issue 12).
+Every surface uses the same words (edge.wording): percentages, the result sentence, human labels with
+units, local time with zone. The PDF is a real text PDF in edge/report_pdf.py (it reuses the helpers here).
+Over ~450 lines on purpose: the PNG report, the SC and the SR share the field checks (_clear_errors), fonts
+and the report image.
 """
 
 from __future__ import annotations
@@ -24,18 +26,20 @@ import io
 import logging
 import socket
 import uuid as uuid_mod
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from pydicom import uid as dicom_uid
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom import uid as dicom_uid
 
 from . import __version__
 from .clinical import FIELDS as CLINICAL_FIELDS
 from .dicom_io import parse_pacs
 from .errors import EdgeError
 from .exam import Exam
+from .wording import display, percent, point_label
 
 log = logging.getLogger("noa_edge.export")
 
@@ -80,19 +84,9 @@ def _png_to_image(data: bytes | None, field: str, exam_id) -> Image.Image:
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any decoder failure means "not a readable image"; said so
         raise ExportError(f"exam {exam_id}: {field} is not a readable image ({exc})") from None
     return img.convert("RGB")
-
-
-def _fmt_prob(p) -> str:
-    return "-" if p is None else f"{float(p):.3f} ({100 * float(p):.1f} %)"
-
-
-def _fmt_num(v, unit: str = "") -> str:
-    if v is None:
-        return "not given"
-    return f"{float(v):g} {unit}".strip()
 
 
 def _created(exam) -> dt.datetime:
@@ -102,8 +96,29 @@ def _created(exam) -> dt.datetime:
         raise ExportError(f"exam {exam.get('id')}: 'created' must be an ISO-8601 timestamp") from None
 
 
-def _font(size: int) -> ImageFont.ImageFont:
-    return ImageFont.load_default(size=size)  # Pillow's bundled font: nothing fetched
+FONT_DIRS = (Path("/usr/share/fonts/truetype/dejavu"), Path("/usr/share/fonts/TTF"), Path("/usr/share/fonts/dejavu"))
+
+
+@functools.cache
+def dejavu_files() -> tuple[Path, Path] | None:
+    """DejaVu Sans regular + bold when installed (Debian fonts-dejavu-core: it has →, ≥, ×)."""
+    for folder in FONT_DIRS:
+        regular, bold = folder / "DejaVuSans.ttf", folder / "DejaVuSans-Bold.ttf"
+        if regular.is_file() and bold.is_file():
+            return regular, bold
+    return None
+
+
+@functools.cache
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """DejaVu Sans when installed, else Pillow's bundled font (nothing is fetched either way)."""
+    files = dejavu_files()
+    return ImageFont.truetype(str(files[0]), size) if files else ImageFont.load_default(size=size)
+
+
+def _drawable(text: str) -> str:
+    """Pillow's bundled font has no arrow: spell it out when DejaVu is missing."""
+    return text if dejavu_files() else text.replace("→", "->")
 
 
 def _fit(img: Image.Image, box_w: int, box_h: int) -> Image.Image:
@@ -133,9 +148,11 @@ def report_image(exam: Exam) -> Image.Image:
 
     draw.text((MARGIN, y), "noa-edge - testicular ultrasound: NOA vs OA", font=f_title, fill="black")
     y += 58
-    created = _created(exam).strftime("%Y-%m-%d %H:%M:%S")
+    _created(exam)  # a malformed time is an ExportError
+    words = display(exam)
+    side = {"L": "   Left testis", "R": "   Right testis"}.get(str(exam.get("side") or ""), "")
     who = f"   patient {exam['patient_id']}" if exam.get("patient_id") else ""
-    draw.text((MARGIN, y), f"exam {exam_id}   {created}{who}", font=f_text, fill=(60, 60, 60))
+    draw.text((MARGIN, y), f"exam {exam_id}   {words['created_local']}{who}{side}", font=f_text, fill=(60, 60, 60))
     y += 44
 
     banners = [(UNVERIFIED.upper(), (255, 236, 179), (120, 70, 0))]
@@ -160,26 +177,30 @@ def report_image(exam: Exam) -> Image.Image:
     cam = _fit(overlay, box_w, box_h)
     page.paste(shown, (MARGIN, y))
     page.paste(cam, (MARGIN + box_w + 30, y))
-    draw.text((MARGIN, y + shown.height + 8), f"Frame, ROI {_roi_text(roi)}", font=f_small, fill="black")
+    draw.text((MARGIN, y + shown.height + 8), f"Frame, ROI {_roi_text(roi)} ({exam.get('roi_method', 'auto')})",
+              font=f_small, fill="black")
     draw.text((MARGIN + box_w + 30, y + cam.height + 8), "Class activation map on the ROI",
               font=f_small, fill="black")
     y += max(shown.height, cam.height) + 50
 
-    # Result.
+    # Result: the label, the sentence every surface shows, and why this threshold.
     label = str(exam.get("label", "-"))
-    basis = "nomogram" if exam.get("nomogram_probability") is not None else "DL probability alone"
     draw.text((MARGIN, y), f"Result: {label}", font=f_big, fill=(150, 0, 0) if label == "NOA" else (0, 90, 0))
-    draw.text((MARGIN + 380, y + 8), f"(threshold {_fmt_threshold(exam)} on the {basis})", font=f_text,
-              fill="black")
-    y += 60
-    rows = [("DL probability (NOA)", _fmt_prob(exam.get("dl_probability")))]
+    y += 50
+    for line in _wrap(draw, _drawable(words["sentence"]), f_text, PAGE_W - 2 * MARGIN):
+        draw.text((MARGIN, y), line, font=f_text, fill="black")
+        y += 32
+    for line in _wrap(draw, words["threshold_explanation"], f_small, PAGE_W - 2 * MARGIN):
+        draw.text((MARGIN, y), line, font=f_small, fill=(60, 60, 60))
+        y += 26
+    y += 14
+    positive = (exam.get("labels") or {}).get("positive", "NOA")
+    rows = [(f"Image model probability of {positive}", words["dl_probability_text"])]
     if exam.get("nomogram_probability") is None:
-        rows.append(("Nomogram probability", "not computed - clinical values missing; DL result alone"))
+        rows.append(("Nomogram probability", "not computed - clinical values missing; image model alone"))
     else:
-        rows.append(("Nomogram probability (NOA)", _fmt_prob(exam["nomogram_probability"])))
-    inputs = exam.get("inputs") or {}
-    for f in CLINICAL_FIELDS:
-        rows.append((f.label, _fmt_num(inputs.get(f.source), f.unit)))
+        rows.append((f"Nomogram probability of {positive}", percent(exam["nomogram_probability"])))
+    rows += [(r["label"] + (f" ({r['unit']})" if r["unit"] else ""), r["value_text"]) for r in words["inputs"]]
     y = _table(draw, y, rows, f_text)
 
     points = exam.get("points") or {}
@@ -187,7 +208,7 @@ def report_image(exam: Exam) -> Image.Image:
         y += 16
         draw.text((MARGIN, y), "Nomogram points", font=f_text, fill="black")
         y += 36
-        prow = [(str(k), f"{float(v):.1f}") for k, v in points.items() if v is not None]
+        prow = [(point_label(str(k)), f"{float(v):.1f}") for k, v in points.items() if v is not None]
         prow.append(("Total", f"{sum(float(v) for v in points.values() if v is not None):.1f}"))
         y = _table(draw, y, prow, f_small, line=30)
 
@@ -229,11 +250,6 @@ def _roi_text(roi) -> str:
     return "-" if not roi else "x,y,w,h = " + ",".join(str(int(v)) for v in roi)
 
 
-def _fmt_threshold(exam) -> str:
-    t = exam.get("threshold")
-    return "-" if t is None else f"{float(t):.3f}"
-
-
 def _table(draw, y, rows, font, line: int = 36, key_w: int = 420) -> int:
     for key, value in rows:
         draw.text((MARGIN, y), key, font=font, fill=(70, 70, 70))
@@ -246,15 +262,6 @@ def report_png(exam: Exam) -> bytes:
     """The one-page report as PNG bytes."""
     buf = io.BytesIO()
     report_image(exam).save(buf, format="PNG", dpi=(DPI, DPI), compress_level=3)
-    return buf.getvalue()
-
-
-def report_pdf(exam: Exam) -> bytes:
-    """The one-page report as a PDF (A4 page, the report image embedded; Pillow writes it)."""
-    buf = io.BytesIO()
-    report_image(exam).save(buf, format="PDF", resolution=DPI, quality=92,
-                            title=f"noa-edge exam {exam.get('id')}", author=MANUFACTURER,
-                            subject=UNVERIFIED)
     return buf.getvalue()
 
 
@@ -481,8 +488,10 @@ def structured_report(exam: Exam) -> Dataset:
         items.append(_text(_local("MISSING", "Clinical inputs not given"), ", ".join(missing)))
     for predictor, pts in (exam.get("points") or {}).items():
         if pts is not None:
-            items.append(_num(_local(f"PTS_{predictor}"[:16], f"Nomogram points: {predictor}"), pts,
+            items.append(_num(_local(f"PTS_{predictor}"[:16], f"Nomogram points: {point_label(predictor)}"), pts,
                               _code("{points}", "UCUM", "points")))
+    # the page's sentence; the arrow spelled out (the SR stays in the single-byte Latin-1 character set)
+    items.append(_text(_local("SENTENCE", "Result in words"), display(exam)["sentence"].replace("→", "->")))
     if exam.get("roi"):
         items.append(_text(_local("ROI", "Region of interest x,y,w,h (pixels)"),
                            ",".join(str(int(v)) for v in exam["roi"])))
@@ -532,7 +541,7 @@ def push_to_pacs(datasets: list[Dataset], pacs: str, calling_ae: str = "NOAEDGE"
             try:
                 status = assoc.send_c_store(ds)
                 code = int(status.Status) if status is not None and "Status" in status else -1
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - one failed object is reported, the others still go
                 log.warning("C-STORE of %s to %s failed: %s", entry["sop_instance_uid"], pacs, exc)
                 code = -1
             entry.update(status=code, ok=code == 0x0000 or code in (0xB000, 0xB007, 0xB006))

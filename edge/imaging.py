@@ -1,6 +1,9 @@
 """Image bytes in and out: decode an upload (PNG/JPEG/BMP/TIFF/DICOM) to uint8 RGB, encode the stored
 frame (lossless PNG) and pictures (JPEG), and name a stored image's media type.
 
+Decoding is bounded (edge/decode_limits.py): sizes come from the header first, only known formats reach
+a decoder, and only the used frame of a DICOM object is decoded.
+
 Hot-path choices (benchmarks/levers_pipeline.py, benchmarks/RESULTS.md "## Pipeline"): the frame is
 written as a PNG directly with zlib (no RGB→BGR copy, zlib releases the GIL), 1-channel when the frame is
 grayscale; pictures (the CAM overlay) are JPEG q90.
@@ -10,36 +13,104 @@ from __future__ import annotations
 
 import struct
 import zlib
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from .dicom_io import decode_dicom_bytes
+from .decode_limits import ImageTooLarge, check_dimensions, current_limits, raster_kind, raster_size
+from .dicom_io import DicomDecodeError, DicomLimitError, check_sop_class, decode_dataset_frame, read_dataset
 from .errors import InputError
 from .preprocess import to_rgb_uint8
 
 MIN_SIDE = 32  # smaller images cannot hold a testis ROI
+FORMATS = "PNG, JPEG, BMP, TIFF or DICOM"
+
+
+@dataclass
+class DecodedImage:
+    frame: np.ndarray   # uint8 RGB (H, W, 3)
+    kind: str           # png | jpeg | tiff | bmp | dicom
+    n_frames: int = 1
+    frame_index: int = 0
+
+
+def decode_image(data: bytes, name: str = "upload", frame_index: int | None = None) -> DecodedImage:
+    """PNG/JPEG/BMP/TIFF or DICOM bytes -> one uint8 RGB frame (DICOM: `frame_index`, default the middle
+    one; only that frame is decoded). The size is read from the header and checked against the decode
+    limits (edge/decode_limits.py) before any pixel is decoded; DICOM objects must be of an accepted
+    image SOP class (the SCP's list). Every refusal is an InputError (field "image", or "frame_index")
+    naming the file and the reason; no decoder error escapes as anything else."""
+    if not data:
+        raise InputError("image", f"{name}: the file is empty")
+    kind = raster_kind(data)
+    if kind is None:
+        return _decode_dicom(data, name, frame_index)
+    if frame_index not in (None, 0):
+        raise InputError("frame_index", f"{name}: a {kind.upper()} image has one frame; frame_index must be 0")
+    width, height = raster_size(data, kind, name)
+    check_dimensions(name, width, height)
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:
+        raise InputError("image", f"{name}: the {kind.upper()} decoder refused it ({_cv2_reason(exc)})") from None
+    if img is None:
+        raise InputError("image", f"{name}: not a readable image (the {kind.upper()} data is truncated or corrupt)")
+    if img.shape[0] * img.shape[1] > current_limits().max_pixels:  # a header that lied
+        raise InputError("image", f"{name}: decoded size {img.shape[1]}×{img.shape[0]} differs from its header")
+    _check_min_side(img.shape[1], img.shape[0], name)
+    try:
+        return DecodedImage(to_rgb_uint8(img), kind)
+    except ValueError as exc:
+        raise InputError("image", f"{name}: {exc}") from None
+
+
+def decode_upload(data: bytes, name: str, frame_index: str | int | None = None) -> tuple[np.ndarray, int, int]:
+    """An upload with its form field frame_index (text; empty = default) -> (frame, n_frames, frame_index)."""
+    index = None
+    if frame_index is not None and str(frame_index).strip():
+        text = str(frame_index).strip()
+        if not text.isdigit() or len(text) > 9:
+            raise InputError("frame_index", f"frame_index {text[:20]!r} must be a whole number ≥ 0")
+        index = int(text)
+    decoded = decode_image(data, name, index)
+    return decoded.frame, decoded.n_frames, decoded.frame_index
 
 
 def decode_image_bytes(data: bytes, name: str = "upload") -> np.ndarray:
-    """PNG/JPEG/BMP/TIFF or DICOM bytes -> uint8 RGB; InputError says why not."""
-    if not data:
-        raise InputError("image", f"{name}: the file is empty")
-    if len(data) > 132 and data[128:132] == b"DICM" or name.lower().endswith((".dcm", ".dicom")):
-        try:
-            frames = decode_dicom_bytes(data, name)
-        except Exception as exc:
-            raise InputError("image", f"{name}: not a decodable DICOM image ({exc})") from None
-        if not frames:
-            raise InputError("image", f"{name}: DICOM file holds no image frames")
-        return frames[len(frames) // 2]
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise InputError("image", f"{name}: not a readable image (PNG, JPEG or DICOM expected)")
-    if img.shape[0] < MIN_SIDE or img.shape[1] < MIN_SIDE:
-        raise InputError("image", f"{name}: image is {img.shape[1]}×{img.shape[0]} pixels; "
-                                  f"at least {MIN_SIDE}×{MIN_SIDE} needed")
-    return to_rgb_uint8(img)
+    """The frame of `decode_image` (a DICOM multi-frame: its middle frame)."""
+    return decode_image(data, name).frame
+
+
+def _decode_dicom(data: bytes, name: str, frame_index: int | None) -> DecodedImage:
+    is_dicom = len(data) > 132 and data[128:132] == b"DICM" or name.lower().endswith((".dcm", ".dicom"))
+    try:
+        ds = read_dataset(data, name)
+        check_sop_class(ds, name)
+        decoded = decode_dataset_frame(ds, name, frame_index)
+    except InputError:
+        raise
+    except DicomDecodeError as exc:
+        reason = str(exc).removeprefix(f"{name}: ")
+        if not is_dicom and reason.startswith("not a DICOM file"):
+            raise InputError("image", f"{name}: not a readable image ({FORMATS} expected)") from None
+        field = "frame_index" if "frame index" in reason else "image"
+        if isinstance(exc, DicomLimitError):
+            raise ImageTooLarge(str(exc)) from None
+        raise InputError(field, f"{name}: not a usable DICOM image ({reason})") from None
+    h, w = decoded.frame.shape[:2]
+    _check_min_side(w, h, name)
+    return DecodedImage(decoded.frame, "dicom", decoded.n_frames, decoded.index)
+
+
+def _check_min_side(width: int, height: int, name: str) -> None:
+    if height < MIN_SIDE or width < MIN_SIDE:
+        raise InputError("image", f"{name}: image is {width}×{height} pixels; at least {MIN_SIDE}×{MIN_SIDE} needed")
+
+
+def _cv2_reason(exc: cv2.error) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[-1] if text else type(exc).__name__)[:200]
 
 
 def decode_png_rgb(png: bytes) -> np.ndarray | None:

@@ -19,7 +19,9 @@ from typing import Mapping
 from xml.sax.saxutils import escape
 
 import numpy as np
+
 from .errors import EdgeError
+from .wording import pair_texts
 
 SCHEMA = "noa-edge.nomogram/1"
 TRANSFORMS = ("identity", "logit", "log")
@@ -316,10 +318,9 @@ class Nomogram:
             out.append(f'<line x1="{xt:.2f}" y1="{y_t}" x2="{xt:.2f}" y2="{y_p}" stroke="{mark}" stroke-dasharray="3,3"/>'
                        f'<circle cx="{xt:.2f}" cy="{y_t}" r="4" fill="{mark}"/>'
                        f'<circle cx="{xt:.2f}" cy="{y_p}" r="4" fill="{mark}"/>')
-            pr = result["probability"]
-            pr_text = "> 0.999" if pr > 0.999 else "< 0.001" if pr < 0.001 else f"{pr:.3f}"
+            pr_text, thr_text = pair_texts(result["probability"], self.threshold)  # "> 99 %", never "1.000"
             summary = (f'Total {result["total_points"]:.0f} points → probability {pr_text} '
-                       f'→ {result["label"]} (threshold {self.threshold:.3f})')
+                       f'→ {result["label"]} (threshold {thr_text})')
             out.append(f'<text x="{label_w}" y="{height - 10}" fill="{mark}" font-weight="bold">{escape(summary)}</text>')
         out.append("</svg>")
         return "\n".join(out)

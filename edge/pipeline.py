@@ -1,6 +1,7 @@
 """Frame → result: the Analyzer chains the stages and times each one.
 
-image area + ROI (edge.roi) → crop (edge.preprocess) → invoke (edge.runtime) → CAM overlay (edge.cam)
+held frame: pixels copied and hashed once, image area + ROI proposed (edge.held_frames, edge.roi)
+→ crop (edge.preprocess) → invoke (edge.runtime) → CAM overlay (edge.cam)
 → nomogram (edge.nomogram, values parsed by edge.clinical) → encode (edge.imaging) → store (edge.store).
 Every stage is timed with time.perf_counter and the timings (ms) are returned and stored with the exam,
 so the page, the API and the benchmarks all report the same numbers.
@@ -22,18 +23,19 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from . import DEMO_DISCLAIMER
 from .bundle import load as load_bundle
 from .bundle import sha256_file
 from .cam import cam_overlay, roi_view
+from .clinical import VARIABLES
 from .exam import Exam
+from .held_frames import TRIGGERS, HeldFrame, make_held_frame
 from .imaging import frame_png_bytes, jpeg_bytes
 from .nomogram import load_nomogram
 from .preprocess import crop_roi
-from .roi import Box, find_image_area, propose_roi
+from .roi import Box
 from .runtime import edgetpu_library
 
 log = logging.getLogger("noa_edge.pipeline")
@@ -79,7 +81,8 @@ class Analyzer:
         labels = self.manifest.get("labels", {})
         self.positive, self.negative = labels.get("positive", "NOA"), labels.get("negative", "OA")
         spec = self.manifest.get("nomogram")
-        self.nomogram = load_nomogram(spec, positive_label=self.positive, negative_label=self.negative) if spec else None
+        self.nomogram = (load_nomogram(spec, positive_label=self.positive, negative_label=self.negative)
+                         if spec else None)
         self.threshold = float(self.manifest.get("threshold", self.nomogram.threshold if self.nomogram else 0.5))
         self.dl_threshold = float(self.manifest.get("dl_threshold", 0.5))
         self.input_size = int(self.manifest["input"]["shape"][1])
@@ -121,21 +124,35 @@ class Analyzer:
         return self.nomogram.render_svg(values)
 
     # -- the job
-    def analyze(self, frame_rgb: np.ndarray, roi: Box | None = None, clinical: dict | None = None,
+    def analyze(self, frame_rgb: np.ndarray | None = None, roi: Box | None = None, clinical: dict | None = None,
                 patient_id: str | None = None, trigger: str = "upload", source: str = "",
-                extra: dict | None = None) -> Exam:
-        """Run every stage on one frame and store the exam (whole or not at all). Returns the exam dict."""
+                extra: dict | None = None, *, held: HeldFrame | None = None, roi_method: str | None = None,
+                notes: list[str] | None = None) -> Exam:
+        """Run every stage on one frame and store the exam (whole or not at all). Returns the exam dict.
+
+        `held`: the held frame to analyse (edge.held_frames): its pixels, hash, image area and proposed
+        ROI were computed once when it was held, and the exam records them. Without it `frame_rgb` is held
+        on the fly (bench, scripts). `roi` None: the frame's own proposal (roi_method "auto"); a given ROI
+        is "manual" unless roi_method says otherwise (the web layer checks that an "auto" ROI is the
+        frame's proposal). `extra` adds keys to the exam (side, context, inputs_raw, DICOM UIDs);
+        `notes` are shown with the result."""
         clinical = dict(clinical or {})
         timings: dict[str, float] = {}
         t_total = time.perf_counter()
+        held_before = 0.0  # ms spent holding the frame before this call (its hash, image area, ROI)
+        if held is None:
+            if frame_rgb is None:
+                raise ValueError("analyze() needs a frame or a held frame")
+            held = make_held_frame(frame_rgb, trigger if trigger in TRIGGERS else "button", source)
+        else:
+            held_before = float(sum(held.timings.values()))
+        frame_rgb, gray, area = held.frame, held.gray, held.area
+        timings.update(held.timings)  # hash, image_area, roi: paid once, when the frame was held
         with self._lock:
-            with _stage(timings, "image_area"):
-                gray = cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2GRAY) if frame_rgb.ndim == 3 else frame_rgb
-                area = find_image_area(gray)
-            with _stage(timings, "roi"):
-                roi_method = "manual" if roi is not None else "auto"
-                if roi is None:
-                    roi = propose_roi(gray, area)
+            if roi is None:
+                roi, roi_method = held.roi, "auto"
+            else:
+                roi_method = roi_method or "manual"
             with _stage(timings, "crop"):
                 model_input = crop_roi(gray, roi, self.input_size)  # gray in: the same pixels as from RGB
             with _stage(timings, "invoke"):
@@ -145,25 +162,31 @@ class Analyzer:
                 overlay = cam_overlay(roi_view(frame_rgb, roi), cam, positive=prob >= self.dl_threshold)
             with _stage(timings, "nomogram"):
                 result = self._score(prob, clinical)
+                result["notes"] = list(notes or []) + result["notes"]
             with _stage(timings, "encode"):
                 overlay_png = jpeg_bytes(overlay)  # a picture; the frame stays lossless
                 frame_png = frame_png_bytes(frame_rgb, self.frame_png_level, gray)
             exam: Exam = {
                 "trigger": trigger, "source": source, "patient_id": patient_id or None,
+                "frame_id": held.frame_id, "frame_sha256": held.sha256, "held_at": held.held_at,
                 "frame_size": [int(frame_rgb.shape[1]), int(frame_rgb.shape[0])],
                 "image_area": [int(v) for v in area], "roi": [int(v) for v in roi], "roi_method": roi_method,
+                "side": None, "context": None, "inputs_raw": {},
                 "inputs": {k: v for k, v in clinical.items()}, **result,
+                "thresholds": {"nomogram": self.threshold if self.nomogram is not None else None,
+                               "dl_only": self.dl_threshold},
+                "labels": {"positive": self.positive, "negative": self.negative},
                 "bundle": {"name": self.manifest.get("name"), "sha256": self.sha256,
                            "synthetic_demo": self.synthetic_demo, "variant": self.variant},
                 **(extra or {}),
             }
             # the stored copy has every stage but "store" itself (its duration is known only after the commit)
             with _stage(timings, "store"):
-                exam["timings"] = dict(timings, total=round((time.perf_counter() - t_total) * 1000.0, 3))
+                exam["timings"] = dict(timings, total=round((time.perf_counter() - t_total) * 1000.0 + held_before, 3))
                 if self.store is not None:
                     exam = self.store.add_exam(exam, frame_png, None, overlay_png,  # ROI image derived on read
                                                recompress_frame=self.frame_png_level == 0)
-            exam["timings"] = dict(timings, total=round((time.perf_counter() - t_total) * 1000.0, 3))
+            exam["timings"] = dict(timings, total=round((time.perf_counter() - t_total) * 1000.0 + held_before, 3))
             self.analyses += 1
             for k, v in exam["timings"].items():
                 self.stage_totals_ms[k] = self.stage_totals_ms.get(k, 0.0) + v
@@ -186,7 +209,8 @@ class Analyzer:
             return out
         label = self.positive if prob >= self.dl_threshold else self.negative
         why = ("the bundle has no nomogram" if self.nomogram is None
-               else "clinical values missing: " + ", ".join(missing))
+               else "clinical values missing: " + ", ".join(VARIABLES[m].label if m in VARIABLES else m
+                                                            for m in missing))
         out.update(threshold=self.dl_threshold, label=label, basis="dl_only",
                    notes=[f"DL-only result ({why})"])
         return out

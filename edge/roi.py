@@ -54,12 +54,51 @@ def find_image_area(image_rgb: np.ndarray) -> Box:
         return (0, 0, W, H)
     x0, y0 = int(np.floor(x / scale)), int(np.floor(y / scale))
     x1, y1 = min(W, int(np.ceil((x + w) / scale))), min(H, int(np.ceil((y + h) / scale)))
-    return (x0, y0, x1 - x0, y1 - y0)
+    return _trim_to_field(gray, (x0, y0, x1 - x0, y1 - y0))
+
+
+def _field_lines(profile_on: np.ndarray, texture: np.ndarray) -> np.ndarray:
+    """Which lines (columns or rows) of the coarse box are B-mode image: mostly above the background
+    level AND speckled. A depth ruler or text column is mostly background; the frame's drawn border is
+    bright but flat (its mean step along the line a fraction of the speckle's, whatever lies past its ends)."""
+    on = profile_on >= 0.5
+    if not on.any():
+        return on
+    return on & (texture >= 0.4 * float(np.median(texture[on])))
+
+
+def _first_run(keep: np.ndarray, run: int = 3) -> int | None:
+    """Index of the first of `run` consecutive True values (None when there is none)."""
+    if len(keep) < run:
+        return None
+    runs = np.convolve(keep.astype(np.int32), np.ones(run, np.int32), mode="valid")
+    hits = np.flatnonzero(runs == run)
+    return int(hits[0]) if len(hits) else None
+
+
+def _trim_to_field(gray: np.ndarray, box: Box) -> Box:
+    """Shrink the coarse box (found at ≤400 px after blur and closing, which glue a nearby depth ruler,
+    focus marker or the field's border line onto the field) to the full-resolution lines that are image:
+    each side moves inward to the first run of lines that are mostly bright and speckled. Issue 12: the
+    automatic ROI must never reach the ruler, text or margins."""
+    x, y, w, h = box
+    sub = gray[y:y + h, x:x + w]
+    level = max(10.0, _percentile_u8(sub[::4, ::4], 5) + 6)
+    cols = sub[::4].astype(np.float32)      # every 4th row: enough rows for a column's statistics
+    rows = sub[:, ::4].astype(np.float32)
+    keep_c = _field_lines((cols > level).mean(axis=0), np.abs(np.diff(cols, axis=0)).mean(axis=0))
+    keep_r = _field_lines((rows > level).mean(axis=1), np.abs(np.diff(rows, axis=1)).mean(axis=1))
+    left, right = _first_run(keep_c), _first_run(keep_c[::-1])
+    top, bottom = _first_run(keep_r), _first_run(keep_r[::-1])
+    if left is None or right is None or top is None or bottom is None \
+            or left + right >= w - 32 or top + bottom >= h - 32:
+        return box  # nothing clear to trim to: keep the coarse box
+    return (x + left, y + top, w - left - right, h - top - bottom)
 
 
 def propose_roi(image_rgb: np.ndarray, area: Box | None = None, margin: float = 0.10) -> Box:
     """Testis ROI (x, y, w, h) inside `area`: bounding box of the fitted bright-rimmed ellipse plus a
-    small margin; falls back to the central 60% of the image area."""
+    small margin, cut to the area; falls back to the central 60% of the image area."""
     area = area or find_image_area(image_rgb)
     ax, ay, aw, ah = area
     gray = _gray(image_rgb)[ay:ay + ah, ax:ax + aw]
@@ -80,7 +119,15 @@ def propose_roi(image_rgb: np.ndarray, area: Box | None = None, margin: float = 
     half_w, half_h = half_w * (1 + margin), half_h * (1 + margin)
     x0 = ax + (cx - half_w) / scale
     y0 = ay + (cy - half_h) / scale
-    return _clip((round(x0), round(y0), round(2 * half_w / scale), round(2 * half_h / scale)), image_rgb.shape)
+    box = (round(x0), round(y0), round(2 * half_w / scale), round(2 * half_h / scale))
+    return _clip(_intersect(box, area), image_rgb.shape)
+
+
+def _intersect(box: Box, area: Box) -> Box:
+    """`box` cut to `area`: a testis running off the field's edge is cropped there, never onto the margin."""
+    x0, y0 = max(box[0], area[0]), max(box[1], area[1])
+    x1, y1 = min(box[0] + box[2], area[0] + area[2]), min(box[1] + box[3], area[1] + area[3])
+    return (x0, y0, max(2, x1 - x0), max(2, y1 - y0))
 
 
 def _plausible(ellipse, w: int, h: int) -> bool:

@@ -15,6 +15,11 @@ The ROI image is not stored (roi_png is left empty): it is the stored frame crop
 get_image/get_exam derive it on request (rows written before this still hold their own ROI PNG). The
 overlay_png column holds the CAM overlay as the daemon encoded it (JPEG since the pipeline levers, PNG
 before): readers decode by content, `image_media_type` names it for HTTP.
+Space: new databases use auto_vacuum=INCREMENTAL (an old one is converted once at open when small), and
+the background thread runs `PRAGMA incremental_vacuum` after recompressing frames, so the file shrinks.
+Below `min_free_bytes` free on the data directory's filesystem (and after SQLite's own "database or disk is
+full") add_exam refuses with StoreFullError before writing; `storage_status()` says so for /api/health.
+Exam ids are SQLite integers: an id outside 1..MAX_ID is simply not found (never an OverflowError).
 Patient identifiers are optional and stay in this file only (never logged).
 """
 
@@ -22,12 +27,13 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import sqlite3
 import threading
 import time
 import uuid
 from collections import deque
-from datetime import datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -38,13 +44,16 @@ from .exam import Exam
 from .imaging import decode_png_rgb, image_media_type, png_bytes
 from .roi import box_problem
 
-__all__ = ["ExamStore", "StoreError", "image_media_type", "utc_now"]
+__all__ = ["MAX_ID", "ExamStore", "StoreError", "StoreFullError", "image_media_type", "utc_now"]
 
 log = logging.getLogger("noa_edge.store")
 
 SCHEMA_VERSION = 1
 IMAGE_KINDS = ("frame", "roi", "overlay")
 RECOMPRESS_IDLE_S = 2.0  # quiet time before uncompressed frames are recompressed (never during a burst)
+MAX_ID = 2**63 - 1  # SQLite's INTEGER range: ids and offsets beyond it are refused, never an OverflowError
+CONVERT_VACUUM_MAX_BYTES = 256 * 2**20  # an older database up to this size is VACUUMed once to incremental mode
+VACUUM_EVERY = 16  # recompressed frames between two incremental vacuums (and once the queue is empty)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS exams (
@@ -67,6 +76,10 @@ class StoreError(EdgeError, RuntimeError):
     """The exam database cannot be opened or written."""
 
 
+class StoreFullError(StoreError):
+    """No room: free space under the watermark, or SQLite said "database or disk is full". Nothing stored."""
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -74,7 +87,9 @@ def utc_now() -> str:
 class ExamStore:
     """Thread-safe exam store; one connection guarded by a lock (the daemon writes a few exams a minute)."""
 
-    def __init__(self, data_dir: str | Path):
+    def __init__(self, data_dir: str | Path, min_free_bytes: int = 0):
+        self.min_free_bytes = int(min_free_bytes)
+        self.full_error = ""  # SQLite's last "disk full" refusal, cleared by the next successful write
         self.data_dir = Path(data_dir)
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -84,6 +99,7 @@ class ExamStore:
         self._lock = threading.Lock()
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+            self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect on a new database only
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # durable against kill -9; power loss: see above
             self._db.execute("PRAGMA foreign_keys=ON")
@@ -92,6 +108,7 @@ class ExamStore:
             if "frame_pending" not in columns:  # database from before the recompression lever
                 self._db.execute("ALTER TABLE exams ADD COLUMN frame_pending INTEGER NOT NULL DEFAULT 0")
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._ensure_incremental_vacuum()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open exam database {self.path}: {exc}") from exc
         self.recompress_idle_s = RECOMPRESS_IDLE_S
@@ -101,6 +118,49 @@ class ExamStore:
         self._closing = False
         self._background = threading.Thread(target=self._background_loop, name="noa-store", daemon=True)
         self._background.start()
+
+    def _ensure_incremental_vacuum(self) -> None:
+        """A database made before auto_vacuum=INCREMENTAL: convert it once (VACUUM rewrites the whole file,
+        so only when small), else say how to do it offline."""
+        if self._db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
+            return
+        size = self.path.stat().st_size
+        if size > CONVERT_VACUUM_MAX_BYTES:
+            log.warning("exam database is %.0f MB and not in incremental-vacuum mode: it will not shrink after "
+                        "recompression; convert it offline with sqlite3 exams.sqlite3 "
+                        "'PRAGMA auto_vacuum=INCREMENTAL; VACUUM;'", size / 1e6)
+            return
+        self._db.execute("VACUUM")  # applies the auto_vacuum=INCREMENTAL set above
+        log.info("exam database converted to incremental vacuum (%.1f MB)", size / 1e6)
+
+    def free_bytes(self) -> int | None:
+        """Free space for this database on its filesystem (None if it cannot be read)."""
+        try:
+            return int(shutil.disk_usage(self.data_dir).free)
+        except OSError:
+            return None
+
+    def storage_status(self) -> dict:
+        """Free space, the watermark and whether writes are refused now (low space or SQLite full)."""
+        free = self.free_bytes()
+        low = free is not None and free < self.min_free_bytes
+        problem = (f"free space {free / 1e6:.0f} MB is under the {self.min_free_bytes / 1e6:.0f} MB watermark"
+                   if low else self.full_error)
+        return {"free_bytes": free, "min_free_bytes": self.min_free_bytes, "ok": not problem,
+                "problem": problem, "db_bytes": self.db_bytes()}
+
+    def db_bytes(self) -> int:
+        """The database file plus its WAL, on disk."""
+        return sum(p.stat().st_size for p in (self.path, self.path.with_name(self.path.name + "-wal"))
+                   if p.exists())
+
+    def check_space(self) -> None:
+        """Refuse (StoreFullError) when free space is under the watermark, before anything is written."""
+        free = self.free_bytes()
+        if free is not None and free < self.min_free_bytes:
+            raise StoreFullError(f"not enough free disk space for the exam store: {free / 1e6:.0f} MB free, "
+                                 f"{self.min_free_bytes / 1e6:.0f} MB required (--min-free-mb); free space "
+                                 "or move --data-dir; nothing stored")
 
     def _uncompressed_frames(self) -> list[int]:
         """Exams whose frame was stored uncompressed and not yet recompressed (e.g. by a previous run)."""
@@ -112,6 +172,7 @@ class ExamStore:
         (WAL fsync, copy, db fsync: the newest exam reaches the disk, see the module docstring); when idle,
         recompress pending frames one at a time (a new commit comes first)."""
         db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        recompressed = 0
         try:
             db.execute("PRAGMA synchronous=FULL")
             while not self._closing:
@@ -120,7 +181,10 @@ class ExamStore:
                 if self._work.wait(idle_left):
                     self._work.clear()
                 elif self._pending:
-                    self._recompress_frame(db, self._pending.popleft())
+                    recompressed += self._recompress_frame(db, self._pending.popleft())
+                    if recompressed and (recompressed >= VACUUM_EVERY or not self._pending):
+                        self._incremental_vacuum(db)
+                        recompressed = 0
                 if not self._closing:
                     self._checkpoint(db)
         finally:
@@ -134,14 +198,27 @@ class ExamStore:
             log.warning("background checkpoint failed (exams stay in the WAL until the next one): %s", exc)
 
     @staticmethod
-    def _recompress_frame(db: sqlite3.Connection, exam_id: int) -> None:
+    def _incremental_vacuum(db: sqlite3.Connection) -> None:
+        """Give the pages freed by recompression back to the filesystem; the next TRUNCATE checkpoint
+        shrinks the database file and its WAL."""
+        try:
+            db.executescript("PRAGMA incremental_vacuum;")  # run to completion (execute() frees one page)
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as exc:
+            log.warning("incremental vacuum failed (the file shrinks at the next one): %s", exc)
+
+    @staticmethod
+    def _recompress_frame(db: sqlite3.Connection, exam_id: int) -> int:
+        """1 when the frame was recompressed."""
         try:
             row = db.execute("SELECT frame_png FROM exams WHERE id = ?", (exam_id,)).fetchone()
             if row is not None:
                 db.execute("UPDATE exams SET frame_png = ?, frame_pending = 0 WHERE id = ?",
                            (_recompressed_png(bytes(row[0])), exam_id))
+                return 1
         except Exception as exc:  # noqa: BLE001 - the uncompressed frame is valid; keep it and say why
             log.warning("exam %s: frame left uncompressed (%s: %s)", exam_id, type(exc).__name__, exc)
+        return 0
 
     def close(self) -> None:
         """Stops the background thread (frames still pending stay uncompressed; the next open queues them)."""
@@ -179,6 +256,7 @@ class ExamStore:
             exam_json = json.dumps(exam, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise StoreError(f"exam not stored: not serialisable ({exc})") from exc
+        self.check_space()
         row = (exam["uid"], exam["created"], exam.get("trigger", "upload"), exam.get("patient_id") or None,
                str((exam.get("bundle") or {}).get("sha256", "")), exam_json,
                bytes(frame_png), bytes(roi_png), bytes(overlay_png), int(bool(recompress_frame)))
@@ -192,8 +270,12 @@ class ExamStore:
             except sqlite3.Error as exc:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
+                if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(exc):
+                    self.full_error = f"the exam database could not grow ({exc})"
+                    raise StoreFullError(f"exam not stored: {exc}; free disk space or move --data-dir") from exc
                 raise StoreError(f"exam not stored: {exc}") from exc
             self._last_write = time.monotonic()
+            self.full_error = ""
         if recompress_frame:
             self._pending.append(cur.lastrowid)
         self._work.set()
@@ -203,6 +285,8 @@ class ExamStore:
         """The exam dict (as stored) plus `id`; with_images adds frame_png/overlay_png bytes (the ROI image
         is derived on demand by get_image(id, "roi"): reports and exports never read it)."""
         cols = "id, exam_json" + (", frame_png, overlay_png" if with_images else "")
+        if not _valid_id(exam_id):
+            return None
         with self._lock:
             row = self._db.execute(f"SELECT {cols} FROM exams WHERE id = ?", (int(exam_id),)).fetchone()
         if row is None:
@@ -212,19 +296,27 @@ class ExamStore:
             exam.update(frame_png=bytes(row[2]), overlay_png=bytes(row[3]))
         return exam
 
-    def list_exams(self, limit: int = 50, offset: int = 0) -> list[Exam]:
+    def list_exams(self, limit: int = 50, offset: int = 0, *, patient_id: str | None = None,
+                   since_id: int | None = None, day: date | None = None) -> list[Exam]:
+        """Newest first; with since_id the exams after it, oldest first. Filters: patient_id, day (a local date)."""
+        limit, offset = min(max(int(limit), 0), MAX_ID), min(max(int(offset), 0), MAX_ID)
+        where, params = _filters(patient_id, since_id, day)
+        order = "ASC" if since_id is not None else "DESC"
         with self._lock:
-            rows = self._db.execute("SELECT id, exam_json FROM exams ORDER BY id DESC LIMIT ? OFFSET ?",
-                                    (int(limit), int(offset))).fetchall()
+            rows = self._db.execute(f"SELECT id, exam_json FROM exams{where} ORDER BY id {order} LIMIT ? OFFSET ?",
+                                    (*params, int(limit), int(offset))).fetchall()
         return [Exam(id=r[0], **json.loads(r[1])) for r in rows]
 
-    def count(self) -> int:
+    def count(self, *, patient_id: str | None = None, since_id: int | None = None, day: date | None = None) -> int:
+        where, params = _filters(patient_id, since_id, day)
         with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM exams").fetchone()[0])
+            return int(self._db.execute(f"SELECT COUNT(*) FROM exams{where}", params).fetchone()[0])
 
     def get_image(self, exam_id: int, kind: str) -> bytes | None:
         if kind not in IMAGE_KINDS:
             raise ValueError(f"unknown image kind {kind!r}; one of {', '.join(IMAGE_KINDS)}")
+        if not _valid_id(exam_id):
+            return None
         if kind == "roi":
             with self._lock:
                 row = self._db.execute("SELECT roi_png, frame_png, exam_json FROM exams WHERE id = ?",
@@ -247,6 +339,31 @@ class ExamStore:
         problems = [] if ok == "ok" else [f"sqlite integrity_check: {ok}"]
         return problems + [f"exam {r[0]} is incomplete" for r in bad]
 
+
+
+def _filters(patient_id: str | None, since_id: int | None, day: date | None) -> tuple[str, list]:
+    """SQL WHERE clause + parameters for list_exams/count. `day` is a local calendar day: its UTC range
+    (created is stored in UTC), so "today" on the cart means the cart's today."""
+    clauses, params = [], []
+    if patient_id is not None:
+        clauses.append("patient_id = ?")
+        params.append(str(patient_id))
+    if since_id is not None:
+        clauses.append("id > ?")
+        params.append(min(max(int(since_id), 0), MAX_ID))
+    if day is not None:
+        start, end = (datetime.combine(d, datetime.min.time()).astimezone(timezone.utc)  # naive = local time
+                      for d in (day, day + timedelta(days=1)))
+        clauses.append("created >= ? AND created < ?")
+        params += [start.isoformat(timespec="milliseconds"), end.isoformat(timespec="milliseconds")]
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _valid_id(exam_id) -> bool:
+    try:
+        return 1 <= int(exam_id) <= MAX_ID
+    except (TypeError, ValueError, OverflowError):
+        return False
 
 
 def _derived_roi_png(frame_png: bytes, roi) -> bytes:

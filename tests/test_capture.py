@@ -1,11 +1,12 @@
 """Capture for real: the shipped phantom cine played from file through OpenCV, a watched folder, a lost
 source that comes back, and freeze detection that triggers exactly one stored analysis per freeze.
-Only the capture card is simulated (a Source subclass producing frames as fast as it can)."""
+Only the capture card is simulated (a Source subclass delivering exactly the frames a test releases)."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -13,8 +14,17 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.capture import (FolderSource, FrameGrabber, FreezeDetector, OpenCVSource, Source, SourceError,
-                          open_source)
+from edge.capture import (
+    FolderSource,
+    FrameGrabber,
+    FreezeDetector,
+    OpenCVSource,
+    Source,
+    SourceError,
+    decode_still,
+    open_source,
+)
+from edge.inbox import Inbox, InboxWorker
 
 
 def wait_for(predicate, timeout: float, step: float = 0.05) -> bool:
@@ -45,7 +55,7 @@ def test_freeze_detector_fires_once_inside_each_frozen_stretch(demo_cine):
     det = FreezeDetector()
     fired = [i for i, f in enumerate(frames) if det.update(f)]
     assert len(fired) == len(sidecar["frozen"]) == 2
-    for i, (start, end) in zip(fired, sidecar["frozen"]):
+    for i, (start, end) in zip(fired, sidecar["frozen"], strict=True):
         assert start <= i < end, (fired, sidecar["frozen"])
     # the same loop again: each freeze fires again exactly once (re-armed by the motion in between)
     fired_again = [i for i, f in enumerate(frames) if det.update(f)]
@@ -75,17 +85,20 @@ def test_cine_from_file_frozen_stretches_trigger_exactly_one_analysis_each(demo_
     assert store.integrity_problems() == []
 
 
-class FastSource(Source):
-    """Stands in for a capture card (none on this machine): a new frame every ~2 ms."""
+class CountedSource(Source):
+    """Stands in for a capture card (none on this machine): delivers exactly the frames the test releases,
+    each numbered in its pixels, so the counts below are exact whatever the machine's load."""
 
     kind = "fake-card"
 
     def __init__(self):
         self.n = 0
         self.describe = "fake capture card"
+        self.allowed = threading.Semaphore(0)
 
     def read(self):
-        time.sleep(0.002)
+        if not self.allowed.acquire(timeout=0.05):
+            return None  # no frame yet (the grabber polls again)
         self.n += 1
         frame = np.zeros((48, 64, 3), np.uint8)
         frame[:, :, 0] = self.n % 256
@@ -93,46 +106,62 @@ class FastSource(Source):
         return frame
 
 
+def _number(frame: np.ndarray) -> int:
+    return int(frame[0, 0, 0]) + 256 * int(frame[0, 0, 1])
+
+
 def test_only_the_newest_frame_is_kept():
-    grabber = FrameGrabber(FastSource()).start()
+    source = CountedSource()
+    grabber = FrameGrabber(source).start()
     try:
-        assert wait_for(lambda: grabber.frames_captured > 50, timeout=10)
-        time.sleep(0.2)  # a slow consumer
+        for _ in range(300):  # a slow consumer: 300 frames arrive while nobody looks
+            source.allowed.release()
+        assert wait_for(lambda: grabber.frames_captured == 300, timeout=30)
         frame, seq = grabber.latest()
-        st = grabber.status()
+        assert frame.shape == (48, 64, 3) and seq == 300 and _number(frame) == 300  # exactly the newest
+        assert grabber.status()["frames_dropped"] == 299  # every older one dropped, never queued
+        for _ in range(5):  # looked at: the next frames drop all but the newest again
+            source.allowed.release()
+        assert wait_for(lambda: grabber.frames_captured == 305, timeout=30)
+        frame, seq = grabber.latest()
+        assert seq == 305 and _number(frame) == 305 and grabber.status()["frames_dropped"] == 299 + 4
+        frame_again, seq_again = grabber.latest()  # nothing new: the same frame, nothing dropped
+        assert seq_again == 305 and frame_again is frame and grabber.status()["frames_dropped"] == 303
     finally:
         grabber.stop()
-    assert frame.shape == (48, 64, 3)
-    assert seq >= 50 and st["frames_dropped"] >= 40  # stale frames were dropped, never queued
-    assert int(frame[0, 0, 0]) + 256 * int(frame[0, 0, 1]) >= seq - 5  # it is (nearly) the newest
 
 
-def test_folder_source_new_files_only(tmp_path, demo_cine):
+def test_folder_source_new_files_only(tmp_path, demo_cine, caplog):
+    """New files go through the durable inbox to the worker, each once; a broken file is logged and the
+    watch goes on; the newest still is also the grabber's newest frame (the live view)."""
     from pydicom import examples
 
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
+    folder = tmp_path / "incoming"
+    folder.mkdir()
     frame = read_all_frames(demo_cine)[10]
-    cv2.imwrite(str(inbox / "old.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))  # already there: history
+    cv2.imwrite(str(folder / "old.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))  # already there: history
+    inbox = Inbox(tmp_path / "data")
     seen = []
-    grabber = FrameGrabber(FolderSource(inbox, poll_s=0.05, settle_s=0.1),
-                           on_still=lambda f, trigger, info: seen.append((f.shape, trigger))).start()
+    grabber = FrameGrabber(FolderSource(folder, inbox, poll_s=0.05, settle_s=0.1)).start()
+    worker = InboxWorker(inbox, decode_still, on_still=lambda f, trigger, info: seen.append((f.shape, trigger)),
+                         on_frame=grabber.publish).start()
     try:
         assert wait_for(lambda: grabber.state == "live", timeout=5)
-        time.sleep(0.3)
-        assert seen == []
-        cv2.imwrite(str(inbox / "new.jpg"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(folder / "new.jpg"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
         assert wait_for(lambda: len(seen) == 1, timeout=5)
-        (inbox / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")  # skipped, watch goes on
-        shutil.copy(examples.get_path("ybr_color"), inbox / "us_ybr.dcm")  # US multi-frame, JPEG baseline
-        assert wait_for(lambda: len(seen) == 2, timeout=15)
-        time.sleep(0.3)
+        (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")  # failed item, watch goes on
+        shutil.copy(examples.get_path("ybr_color"), folder / "us_ybr.dcm")  # US multi-frame, JPEG baseline
+        assert wait_for(lambda: len(seen) == 2 and inbox.stats()["depth"] == 0, timeout=15)
         assert grabber.state == "live"
+        assert grabber.latest()[0].shape == (240, 320, 3)  # the newest still is on the live view
     finally:
+        worker.stop()
         grabber.stop()
     assert seen[0] == ((600, 800, 3), "folder")
-    assert seen[1][1] == "folder" and seen[1][0][2] == 3
-    assert len(seen) == 2
+    assert seen[1] == ((240, 320, 3), "folder")
+    assert inbox.stats()["done"] == 2 and inbox.stats()["failed"] == 1  # old.png was never taken
+    assert "broken.png): failed, not analysed: cannot decode" in caplog.text
+    inbox.close()
 
 
 def test_lost_source_shows_state_and_reconnects_with_backoff(tmp_path, demo_cine):

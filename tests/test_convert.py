@@ -83,6 +83,7 @@ def converted(tmp_path_factory) -> dict:
             "log": proc.stdout}
 
 
+@pytest.mark.slow  # converts a real network
 def test_bundle_has_every_variant_and_verifies(converted):
     bundle = load(converted["bundle"])
     assert set(bundle.variants) == {"fp32", "fp16", "int8", "onnx"}
@@ -101,20 +102,49 @@ def test_bundle_has_every_variant_and_verifies(converted):
     assert "edgetpu_compiler -s" in converted["log"]  # exact command printed when the compiler is absent
 
 
-@pytest.mark.parametrize("variant,tol_prob", [("fp32", 1e-4), ("fp16", 0.05), ("int8", 0.35)])
-def test_every_tflite_variant_in_litert_matches_keras(converted, variant, tol_prob):
+# (max, mean) |Δprob| against Keras on the 8 reference ROIs. The targets (converters/fidelity.py: fp16 max 1e-3,
+# int8 mean 0.02, |ΔAUC| 0.01, agreement 0.98) are asserted on the demo bundle (test_demo_bundle_meets_fidelity_
+# targets) and their judging at the limit below. This fixture is an untrained 64 px NASNet whose fp16 rung and int8
+# ranges come from 16 calibration ROIs: measured here fp16 max 1.0-1.5e-3 / mean 3-7e-4, int8 max 0.09-0.12 /
+# mean 0.04. Bounds: fp16 2x its target (mean at the target), int8 4x; the old 0.05 / 0.35 let anything through.
+VARIANT_TOLERANCE = {"fp32": (1e-4, 1e-5), "fp16": (2e-3, 1e-3), "int8": (0.25, 0.08)}
+
+
+@pytest.mark.slow  # converts a real network
+@pytest.mark.parametrize("variant", list(VARIANT_TOLERANCE))
+def test_every_tflite_variant_in_litert_matches_keras(converted, variant):
     runner = load(converted["bundle"]).runner(variant=variant)
     assert runner.runtime == "ai_edge_litert"
-    probs, cams = zip(*(runner.run(roi) for roi in converted["x"]))
+    probs, cams = zip(*(runner.run(roi) for roi in converted["x"]), strict=True)
     probs, cams = np.array(probs), np.stack(cams)
     assert cams.shape == converted["cam"].shape and cams.dtype == np.float32
-    assert np.abs(probs - converted["prob"]).max() <= tol_prob
+    dprob = np.abs(probs - converted["prob"])
+    max_tol, mean_tol = VARIANT_TOLERANCE[variant]
+    assert dprob.max() <= max_tol and dprob.mean() <= mean_tol, (variant, dprob.max(), dprob.mean())
     if variant == "fp32":
         assert np.allclose(cams, converted["cam"], atol=1e-3)
     # the probabilities really vary, so the comparison above can fail
     assert converted["prob"].std() > 0.05
 
 
+@pytest.mark.slow  # converts a real network
+def test_fidelity_report_judges_each_variant_by_its_own_numbers(converted):
+    """fidelity.json's verdicts follow from its numbers (this untrained fixture misses its fp16 and int8 targets
+    and must say so), and the fp16 ladder stopped at the first rung within half the target on its ROIs, going
+    past a rung only when it missed (here it runs out of rungs: 2.2e-3 measured on the last)."""
+    from converters.fidelity import TARGETS_FIDELITY, meets_targets
+    from converters.fp16_weights import KEEP_LADDER
+
+    fid = load(converted["bundle"]).fidelity()
+    for variant in ("fp16", "int8"):
+        entry = fid["variants"][variant]
+        assert entry["targets"] == meets_targets(variant, entry), variant
+    half = TARGETS_FIDELITY["fp16"]["max_abs_dprob"] / 2
+    tried = [t["calibration_max_abs_dprob"] for t in fid["fp16_choice"]["tried"]]
+    assert all(t > half for t in tried[:-1]) and (tried[-1] <= half or len(tried) == len(KEEP_LADDER)), tried
+
+
+@pytest.mark.slow  # converts a real network
 def test_outputs_are_found_by_name_even_without_signature(converted, tmp_path):
     import flatbuffers
 
@@ -152,10 +182,11 @@ def _outputs(buf: bytes, x, tmp_path, name):
     path = tmp_path / name
     path.write_bytes(buf)
     runner = ModelRunner(path, variant="fp32")
-    probs, cams = zip(*(runner.run(roi) for roi in x))
+    probs, cams = zip(*(runner.run(roi) for roi in x), strict=True)
     return np.array(probs), np.stack(cams)
 
 
+@pytest.mark.slow  # converts a real network
 def test_fp16_rewrite_reproduces_the_converters_fp16_and_fp32_at_the_ends(converted, tmp_path):
     """keep 0 tensors = the TFLite converter's own fp16 output for output; keep all = the fp32 model."""
     reference = tmp_path / "converter_fp16.tflite"
@@ -177,6 +208,7 @@ def test_fp16_rewrite_reproduces_the_converters_fp16_and_fp32_at_the_ends(conver
     assert np.array_equal(_outputs(everything, x, tmp_path, "all32.tflite")[0], p32)
 
 
+@pytest.mark.slow  # converts a real network
 def test_fp16_keep_choice_stops_at_the_first_rung_within_target(converted):
     fp32 = (converted["bundle"] / "model_fp32.tflite").read_bytes()
     x = converted["x"][:4]
@@ -187,6 +219,7 @@ def test_fp16_keep_choice_stops_at_the_first_rung_within_target(converted):
     assert strict["kept_weights"] > 0
 
 
+@pytest.mark.slow  # converts a real network
 def test_fp16_rewrite_refuses_bad_input(converted):
     with pytest.raises(ValueError, match="not a TFLite flatbuffer"):
         fp16_weights(b"PK\x03\x04 this is a zip, not a model")
@@ -196,6 +229,7 @@ def test_fp16_rewrite_refuses_bad_input(converted):
         fp16_round(fp32, [graph_input])
 
 
+@pytest.mark.slow  # converts a real network
 def test_bundle_fp16_records_what_it_kept_in_fp32(converted):
     from converters.fp16_weights import constant_float_tensors
 
@@ -207,16 +241,18 @@ def test_bundle_fp16_records_what_it_kept_in_fp32(converted):
     assert len(constant_float_tensors(model)) == kept["kept_tensors"]  # the rest are fp16 + DEQUANTIZE
 
 
+@pytest.mark.slow  # converts a real network
 def test_onnx_matches_keras(converted):
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(converted["bundle"] / "model.onnx"), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     assert sorted(names) == ["cam", "prob"]
-    out = dict(zip(names, session.run(None, {"image": converted["x"][:1]})))
+    out = dict(zip(names, session.run(None, {"image": converted["x"][:1]}), strict=True))
     assert abs(float(out["prob"].ravel()[0]) - converted["prob"][0]) < 1e-4
 
 
+@pytest.mark.slow  # converts a real network
 def test_fidelity_json_shape(converted):
     fid = json.loads((converted["bundle"] / "fidelity.json").read_text())
     assert fid["n_rois"] > 0 and fid["n_calibration_rois"] >= 16
@@ -228,6 +264,7 @@ def test_fidelity_json_shape(converted):
     assert len(fid["int8_attempts"]) == 1  # --no-int8-retry
 
 
+@pytest.mark.slow  # converts a real network
 def test_edgetpu_preflight_on_real_nasnet_graph(converted):
     report = preflight(converted["bundle"] / "model_int8.tflite")
     assert report["passes"], format_report(report)
@@ -243,6 +280,7 @@ def test_edgetpu_preflight_on_real_nasnet_graph(converted):
     assert len(report["ops"]) == report["ops_total"] > 500
 
 
+@pytest.mark.slow  # converts a real network
 def test_preflight_flags_float_graph_from_first_op(converted):
     # the fp32 model (uint8 input + CAST) is what a naive int8 conversion also starts with
     report = preflight(converted["bundle"] / "model_fp32.tflite")
@@ -272,7 +310,7 @@ Number of Edge TPU subgraphs: 1
 Total number of operations: 571
 Operation log: $out/${base}_edgetpu.log
 
-Model successfully compiled but not all operations are supported by the Edge TPU. A percentage of the model will instead run on the CPU, which is slower.
+@NOT_ALL_MAPPED@
 Number of operations that will run on Edge TPU: 569
 Number of operations that will run on CPU: 2
 
@@ -283,8 +321,12 @@ DEQUANTIZE                     2          Operation is working on an unsupported
 STRIDED_SLICE                  4          Mapped to Edge TPU
 EOF
 """
+FAKE_COMPILER = FAKE_COMPILER.replace("@NOT_ALL_MAPPED@", "Model successfully compiled but not all operations are "
+                                      "supported by the Edge TPU. A percentage of the model will instead run on "
+                                      "the CPU, which is slower.")
 
 
+@pytest.mark.slow  # converts a real network
 def test_compiler_log_is_parsed_with_a_stand_in_compiler(converted, tmp_path, monkeypatch):
     fake = tmp_path / "bin" / "edgetpu_compiler"
     fake.parent.mkdir()
@@ -386,3 +428,19 @@ def test_nomogram_decisions_use_clinical_values_and_need_all_of_them():
     # probabilities 1 and 0 are clipped to the range (logit ±6.9), not infinite
     assert nomogram_decisions(nomogram, np.array([1.0, 0.0]), rows).tolist() == [True, False]
     assert nomogram_decisions(nomogram, probs, [{"fsh": 1.0}, {"fsh": None}]) is None
+
+
+def test_fidelity_targets_are_the_documented_ones_and_judged_at_the_limit():
+    """fp16 max|Δprob| ≤ 1e-3; int8 |ΔAUC| ≤ 0.01, agreement ≥ 0.98, mean|Δprob| ≤ 0.02 (issue 5, MODEL_CARD)."""
+    from converters.fidelity import TARGETS_FIDELITY, meets_targets
+
+    assert TARGETS_FIDELITY == {"fp16": {"max_abs_dprob": 1e-3},
+                                "int8": {"abs_delta_auc": 0.01, "agreement": 0.98, "mean_abs_dprob": 0.02}}
+    assert meets_targets("fp16", {"max_abs_dprob": 1e-3})["max_abs_dprob"]["ok"]
+    assert not meets_targets("fp16", {"max_abs_dprob": 1.01e-3})["max_abs_dprob"]["ok"]
+    at_limit = {"delta_auc": -0.01, "agreement": 0.98, "mean_abs_dprob": 0.02}
+    assert all(c["ok"] for c in meets_targets("int8", at_limit).values())
+    for key, worse in (("delta_auc", 0.0101), ("agreement", 0.979), ("mean_abs_dprob", 0.0201)):
+        checks = meets_targets("int8", {**at_limit, key: worse})
+        assert [k for k, c in checks.items() if not c["ok"]] == [{"delta_auc": "abs_delta_auc"}.get(key, key)]
+    assert not meets_targets("int8", {**at_limit, "delta_auc": None})["abs_delta_auc"]["ok"]  # one class: no AUC

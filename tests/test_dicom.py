@@ -19,13 +19,17 @@ from pydicom.encaps import encapsulate
 from edge.dicom_io import (
     DicomConfigError,
     DicomDecodeError,
-    DicomStoreSCP,
+    clean_patient_id,
+    dataset_identifiers,
     decodable_transfer_syntaxes,
     decode_dicom_bytes,
+    decode_dicom_frame,
     decode_dicom_path,
     parse_dicom_source,
     parse_pacs,
+    valid_uid,
 )
+from edge.dicom_scp import DicomStoreSCP, ScpAccess, check_access
 
 
 def _example(name):
@@ -213,14 +217,17 @@ def _storescu(port: int, path: str, ae_title: str = "NOATEST") -> subprocess.Com
 
 @pytest.fixture()
 def scp():
+    """An SCP whose store callback decodes what it was handed (the bytes the inbox would keep)."""
     received: list[tuple[list[np.ndarray], dict]] = []
     lock = threading.Lock()
 
-    def on_frames(frames, info):
+    def on_object(data, info):
+        frames = decode_dicom_bytes(data, "received")
         with lock:
             received.append((frames, info))
+        return "queued"
 
-    server = DicomStoreSCP("NOATEST", _free_port(), on_frames).start()
+    server = DicomStoreSCP("NOATEST", _free_port(), on_object).start()
     server.received_items = received
     yield server
     server.stop()
@@ -236,14 +243,14 @@ def test_storescu_sends_the_pydicom_ultrasound_examples(scp, caplog):
         assert result.returncode == 0, result.stderr
         assert "Received Store Response (Success)" in result.stderr
     assert len(scp.received_items) == len(files)
-    for path, (frames, info) in zip(files, scp.received_items):
+    for path, (frames, info) in zip(files, scp.received_items, strict=True):
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         # the compressed ones travel compressed (no silent conversion by storescu) ...
         assert info["transfer_syntax"] == str(ds.file_meta.TransferSyntaxUID)
         # ... and the frames are exactly what decoding the file gives.
         expected = decode_dicom_path(path)
         assert len(frames) == len(expected)
-        assert all(np.array_equal(a, b) for a, b in zip(frames, expected))
+        assert all(np.array_equal(a, b) for a, b in zip(frames, expected, strict=True))
         assert info["sop_instance_uid"] == str(ds.SOPInstanceUID)
         assert info["calling_ae"] == "CART"
         assert info["modality"] == str(ds.Modality)
@@ -280,10 +287,10 @@ def test_bad_object_gets_failure_status_and_scp_keeps_serving(scp, tmp_path, cap
 
 @needs_dcmtk
 def test_processing_failure_downstream_answers_failure(tmp_path):
-    def explode(frames, info):
+    def explode(data, info):
         raise RuntimeError(f"store is full for patient {info.get('patient_id')}")
 
-    server = DicomStoreSCP("NOATEST", _free_port(), explode).start()
+    server = DicomStoreSCP("NOATEST", _free_port(), explode).start()  # e.g. the inbox cannot be written
     try:
         result = _storescu(server.port, _example("rgb_color"))
         assert result.returncode != 0 and "Received Store Response (Error" in result.stderr
@@ -299,4 +306,167 @@ def test_scp_port_in_use_is_a_clear_error():
         busy.listen()
         port = busy.getsockname()[1]
         with pytest.raises(DicomConfigError, match=f"cannot listen on 127.0.0.1:{port}"):
-            DicomStoreSCP("NOATEST", port, lambda f, i: None).start()
+            DicomStoreSCP("NOATEST", port, lambda d, i: "queued").start()
+
+
+# --------------------------------------------------------------------------------------------- issue 18
+
+DCM2PNM = shutil.which("dcm2pnm")
+DCMCONV = shutil.which("dcmconv")
+
+
+@pytest.mark.skipif(not (DCM2PNM and DCMCONV), reason="dcmtk dcm2pnm/dcmconv not installed (make sysdeps)")
+def test_big_endian_palette_matches_dcmtk(tmp_path):
+    """OBXXXX1A_expb (pydicom-data): the palette example OBXXXX1A in explicit VR big endian, made here
+    with dcmtk's dcmconv. It decoded near-black (16-bit LUT entries read in the machine's byte order);
+    now it must match dcmtk's own rendering (dcm2pnm) and its little-endian original."""
+    expb = tmp_path / "OBXXXX1A_expb.dcm"
+    subprocess.run([DCMCONV, "+tb", _example("palette_color"), str(expb)], check=True, capture_output=True)
+    assert pydicom.dcmread(expb, stop_before_pixels=True).file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRBigEndian
+    reference = tmp_path / "ref.png"
+    subprocess.run([DCM2PNM, "+on", str(expb), str(reference)], check=True, capture_output=True)
+    import cv2
+
+    ref = cv2.cvtColor(cv2.imread(str(reference)), cv2.COLOR_BGR2RGB).astype(np.int16)
+    ours = decode_dicom_path(expb)[0]
+    assert ours.shape == ref.shape
+    assert np.abs(ours.astype(np.int16) - ref).mean() < 0.5  # rounding only (was ~20: near-black)
+    assert ours.mean() > 10
+    assert np.array_equal(ours, decode_dicom_path(_example("palette_color"))[0])
+
+
+def test_identifiers_are_validated_before_store_and_export():
+    ds = pydicom.dcmread(_example("rgb_color"), stop_before_pixels=True)
+    ds.PatientID = "ABC123\\XYZ"          # a backslash: two values
+    ds.StudyInstanceUID = "1.2.3.04.x"    # not a UID
+    ids = dataset_identifiers(ds)
+    assert ids["patient_id"] == "ABC123"  # not "['ABC123', 'XYZ']"
+    assert valid_uid(ids["study_instance_uid"]) and ids["study_instance_uid"] != "1.2.3.04.x"
+    assert dataset_identifiers(ds)["study_instance_uid"] == ids["study_instance_uid"]  # stable: a study stays one
+    assert ids["sop_instance_uid"] == str(ds.SOPInstanceUID)
+    notes = " ".join(ids["identifier_notes"])
+    assert "StudyInstanceUID was not a valid DICOM UID" in notes and "PatientID held 2 values" in notes
+    assert "ABC123" not in notes  # no patient data in notes
+    assert clean_patient_id("  A\x00B\x1f ") == "AB"
+    assert clean_patient_id("x" * 80) == "x" * 64
+    assert clean_patient_id("") is None and clean_patient_id(None) is None
+    for good in ("1.2.840.10008.5.1.4.1.1.6.1", "0", "2.25.1"):
+        assert valid_uid(good)
+    for bad in ("", "1..2", "1.02", "1.2.", "a.b", "1" * 65):
+        assert not valid_uid(bad)
+
+
+def test_decode_frame_decodes_the_middle_frame_only_and_checks_limits():
+    data = open(_example("ybr_color"), "rb").read()
+    decoded = decode_dicom_frame(data, "cine.dcm")
+    assert (decoded.n_frames, decoded.index) == (30, 15)
+    assert np.array_equal(decoded.frame, decode_dicom_path(_example("ybr_color"))[15])
+    with pytest.raises(DicomDecodeError, match="frame index 30 out of range"):
+        decode_dicom_frame(data, "cine.dcm", 30)
+
+
+def test_access_settings_refuse_an_open_network_port():
+    check_access(ScpAccess())
+    with pytest.raises(DicomConfigError, match="--dicom-allow"):
+        check_access(ScpAccess(host="0.0.0.0"))
+    check_access(ScpAccess(host="0.0.0.0", allow=("CART1", "CART2")))
+    with pytest.raises(DicomConfigError, match="AE title"):
+        check_access(ScpAccess(allow=("WAY_TOO_LONG_AE_TITLE",)))
+    with pytest.raises(DicomConfigError, match="tls"):
+        check_access(ScpAccess(tls_cert="cert.pem"))
+
+
+@needs_dcmtk
+def test_only_allowed_calling_and_our_called_ae_titles_are_accepted(caplog):
+    caplog.set_level(logging.WARNING, logger="noa_edge.dicom")
+    got = []
+    server = DicomStoreSCP("NOATEST", _free_port(), lambda d, i: got.append(i) or "queued",
+                           access=ScpAccess(allow=("CART", "CART2"))).start()
+    try:
+        result = _storescu(server.port, _example("rgb_color"))  # calling AE CART
+        assert result.returncode == 0 and "Received Store Response (Success)" in result.stderr
+        for aet, aec, reason in (("INTRUDER", "NOATEST", "Calling AE Title Not Recognized"),
+                                 ("CART", "OTHER", "Called AE Title Not Recognized")):
+            r = subprocess.run([STORESCU, "-v", "-aet", aet, "-aec", aec, "localhost", str(server.port),
+                                _example("rgb_color")], capture_output=True, text=True, timeout=60)
+            assert r.returncode != 0 and "Association Rejected" in r.stderr and reason in r.stderr
+        assert len(got) == 1 and server.rejected_associations == 2
+        assert "calling AE 'INTRUDER'" in caplog.text
+    finally:
+        server.stop()
+
+
+@needs_dcmtk
+def test_full_inbox_answers_out_of_resources(caplog):
+    server = DicomStoreSCP("NOATEST", _free_port(), lambda d, i: "full").start()
+    try:
+        result = _storescu(server.port, _example("rgb_color"))
+        assert "Received Store Response (Refused: OutOfResources)" in result.stderr
+        assert server.refused_full == 1 and "Out of Resources (0xA700)" in caplog.text
+    finally:
+        server.stop()
+
+
+@needs_dcmtk
+def test_many_frame_object_gets_a_failure_status_with_the_reason(scp, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="noa_edge.dicom")
+    ds = pydicom.dcmread(_example("ybr_color"))  # a real 30-frame JPEG cine, claiming 5000 frames
+    ds.NumberOfFrames = 5000
+    path = tmp_path / "cine_bomb.dcm"
+    ds.save_as(path)
+    result = _storescu(scp.port, str(path))
+    assert "Received Store Response (Error: CannotUnderstand)" in result.stderr
+    assert "5000 frames exceeds the limit of 1000 frames" in caplog.text
+    assert scp.received_items == []
+    assert _storescu(scp.port, _example("rgb_color")).returncode == 0  # still serving
+
+
+@needs_dcmtk
+def test_idle_connections_are_dropped_and_cannot_lock_carts_out():
+    """More idle TCP connections than the association limit: the SCP closes them after the ACSE timeout
+    (pynetdicom's ARTIM timer), so a real cart gets through."""
+    server = DicomStoreSCP("NOATEST", _free_port(), lambda d, i: "queued",
+                           access=ScpAccess(max_associations=2, acse_timeout=1.0)).start()
+    idle = []
+    try:
+        for _ in range(5):
+            s = socket.create_connection(("127.0.0.1", server.port))
+            s.settimeout(20)
+            idle.append(s)
+        for s in idle:  # each is closed by the server (recv returns b"" or the connection is reset)
+            try:
+                assert s.recv(1024) == b""
+            except ConnectionResetError:
+                pass
+        result = _storescu(server.port, _example("rgb_color"))
+        assert result.returncode == 0, result.stderr
+    finally:
+        for s in idle:
+            s.close()
+        server.stop()
+
+
+@needs_dcmtk
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl command not installed")
+def test_dicom_tls_with_client_certificates(tmp_path):
+    """The README's TLS set-up: self-signed server and cart certificates made with openssl; the SCP requires
+    a cart certificate signed by the CA it trusts (here the cart's own), so plain DICOM is refused."""
+    for name, cn in (("server", "localhost"), ("cart", "cart")):
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                        "-keyout", str(tmp_path / f"{name}.key"), "-out", str(tmp_path / f"{name}.pem"),
+                        "-days", "2", "-subj", f"/CN={cn}"],
+                       check=True, capture_output=True, timeout=60)
+    got = []
+    access = ScpAccess(tls_cert=str(tmp_path / "server.pem"), tls_key=str(tmp_path / "server.key"),
+                       tls_ca=str(tmp_path / "cart.pem"))
+    server = DicomStoreSCP("NOATEST", _free_port(), lambda d, i: got.append(i) or "queued", access=access).start()
+    try:
+        tls = ["+tls", str(tmp_path / "cart.key"), str(tmp_path / "cart.pem"), "+cf", str(tmp_path / "server.pem")]
+        r = subprocess.run([STORESCU, "-v", "-aet", "CART", "-aec", "NOATEST", *tls, "localhost", str(server.port),
+                            _example("rgb_color")], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and "Received Store Response (Success)" in r.stderr, r.stderr
+        plain = _storescu(server.port, _example("rgb_color"))
+        assert plain.returncode != 0 and "Success" not in plain.stderr
+        assert len(got) == 1
+    finally:
+        server.stop()

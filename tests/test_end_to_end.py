@@ -28,6 +28,7 @@ import httpx
 import pytest
 
 from conftest import ROOT, DaemonProcess
+from reference_image import assert_close_pixels, expected_model_input
 
 pytestmark = pytest.mark.slow  # trains and converts a real (tiny) network: ~3 minutes on 2 cores
 
@@ -186,7 +187,12 @@ def test_serve_analyzes_like_the_runtime(chain):
     row = next(r for r in ds.labelled_images() if None not in (r["fsh"], r["volume_ml"], r["edv_cm_s"]))
     manifest = json.loads((chain.bundle / "manifest.json").read_text())
     runner = ModelRunner(chain.bundle / manifest["variants"]["fp32"]["file"], variant="fp32")
-    expected_prob, _ = runner.run(crop_roi(ds.read_image(row), row["roi"], QUICK_SIZE))
+    frame = ds.read_image(row)
+    model_input = crop_roi(frame, row["roi"], QUICK_SIZE)
+    # the shared crop against the test's own numpy crop (rows y.., columns x.., luma, area resize), so a geometry
+    # bug in crop_roi cannot cancel out between "host" and "device" below
+    assert_close_pixels(model_input, expected_model_input(frame, row["roi"], QUICK_SIZE))
+    expected_prob, _ = runner.run(model_input)
 
     t0 = time.perf_counter()
     daemon = DaemonProcess(chain.bundle, chain.work / "daemon-data", program=noa_edge(), threads=None,

@@ -5,10 +5,12 @@ real dcmtk `storescp` standing in for the PACS."""
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -22,12 +24,12 @@ from edge.export import (
     ExportError,
     PacsError,
     push_to_pacs,
-    report_pdf,
     report_png,
     secondary_capture,
     structured_report,
     to_dicom_bytes,
 )
+from edge.report_pdf import report_pdf
 
 DCMDUMP = shutil.which("dcmdump")
 DSRDUMP = shutil.which("dsrdump")
@@ -92,6 +94,35 @@ def test_report_pdf_is_a_one_page_pdf():
     assert data.count(b"/Type /Page\n") + data.count(b"/Type /Page ") + data.count(b"/Type /Page/") >= 1
     assert b"/Count 1" in data
     assert 20_000 < len(data) < 5_000_000
+
+
+PDFTOTEXT = shutil.which("pdftotext")
+
+
+def _pdf_text(data: bytes) -> str:
+    out = subprocess.run([PDFTOTEXT, "-", "-"], input=data, capture_output=True, check=True).stdout.decode()
+    return " ".join(out.split())
+
+
+@pytest.mark.skipif(PDFTOTEXT is None, reason="poppler-utils not installed (apt install poppler-utils)")
+def test_report_pdf_is_text_with_the_sentence_and_the_nomogram():
+    from edge.nomogram import load_nomogram
+    from edge.wording import result_sentence
+
+    manifest = json.loads((Path(__file__).parent.parent / "firmware_assets/demo-phantom/manifest.json").read_text())
+    exam = _exam(side="R", frame_sha256="ab" * 32, thresholds={"nomogram": 0.5, "dl_only": 0.5})
+    svg = load_nomogram(manifest).render_svg({"dl_probability": 0.8731, "fsh": 21.3, "volume_ml": 8.2, "edv_cm_s": 2.1})
+    data = report_pdf(exam, svg)
+    text = _pdf_text(data)
+    assert result_sentence(exam) in text  # "91.2 % probability of NOA (nomogram); above the 50 % threshold → NOA."
+    assert "Total points" in text and "Probability of NOA" in text  # the nomogram, as text
+    assert "Serum FSH" in text and "21.3 IU/L" in text and "Right testis" in text and "PID-4711" in text
+    assert "0.912" not in text and "1.000" not in text  # percentages, never raw probabilities
+    for key in ("dl_logit", "edv_cm_s", "volume_ml"):
+        assert key not in text
+    assert b"/Count 1" in data  # still one page
+    dl_only = _pdf_text(report_pdf(_exam(nomogram_probability=None, points={}), svg))
+    assert "Total points" not in dl_only and "image model alone" in dl_only  # no empty nomogram for DL-only
 
 
 def test_report_of_broken_exam_is_a_clear_error():
@@ -172,7 +203,9 @@ def test_structured_report_roundtrip_and_content():
     assert items["Serum FSH"] == pytest.approx(21.3)
     assert items["Testicular volume"] == pytest.approx(8.2)
     assert items["EDV"] == pytest.approx(2.1)
-    assert items["Nomogram points: fsh"] == pytest.approx(60.1)
+    assert items["Nomogram points: Serum FSH (IU/L)"] == pytest.approx(60.1)  # human labels, not keys (issue 12)
+    assert not any(key in name for name in items for key in ("dl_logit", "edv_cm_s", "volume_ml"))
+    assert items["Result in words"] == "91.2 % probability of NOA (nomogram); above the 50 % threshold -> NOA."
     assert items["Model bundle sha256"] == "ab12" * 16
     assert "not for diagnostic use" in items["Comment"] and "Synthetic demo" in items["Comment"]
 

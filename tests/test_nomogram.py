@@ -24,10 +24,11 @@ from converters import nomogram as nm
 from converters import stats
 from converters.cli import register as register_host_commands
 from edge.nomogram import Nomogram, NomogramError, load_nomogram, points_scaling
-from edge.preprocess import crop_roi
 
 sys.path.insert(0, str(Path(__file__).parent))
 from nomogram_fixture import make_run  # noqa: E402
+from reference_image import expected_model_input  # noqa: E402
+from reference_stats import delong, youden  # noqa: E402
 
 PATIENT = {"dl_probability": 0.83, "fsh": 14.2, "volume_ml": 9.1, "edv_cm_s": 2.4}
 
@@ -115,7 +116,8 @@ def test_decision_curve_reference_strategies():
 def test_table1_tests_are_chosen_by_the_data():
     rng = np.random.default_rng(2)
     normal = stats.compare_continuous({"a": list(rng.normal(0, 1, 80)), "b": list(rng.normal(0.5, 1, 80))})
-    skewed = stats.compare_continuous({"a": list(rng.lognormal(0, 1, 80)), "b": list(rng.lognormal(0.3, 1, 80)) + [None]})
+    skewed = stats.compare_continuous({"a": list(rng.lognormal(0, 1, 80)),
+                                       "b": list(rng.lognormal(0.3, 1, 80)) + [None]})
     assert normal["test"] == "Welch t-test" and skewed["test"] == "Mann-Whitney U"
     assert skewed["groups"]["b"]["missing"] == 1
     three = stats.compare_continuous({"a": list(rng.lognormal(0, 1, 30)), "b": list(rng.lognormal(0, 1, 30)),
@@ -141,6 +143,44 @@ def test_device_prediction_equals_formula_and_points(dev):
     # rms scaling: the widest-ranging axis spans exactly 0-100 points, the others less
     spans = [abs(a["points_max"] - a["points_min"]) for a in spec["points"]["axes"]]
     assert max(spans) == pytest.approx(100) and min(spans) < 100
+
+
+def _one_predictor_nomogram(coef: float, intercept: float, threshold: float = 0.5) -> Nomogram:
+    preds = [{"name": "fsh", "source": "fsh", "transform": "identity", "coef": coef, "label": "Serum FSH",
+              "unit": "IU/L", "range": [0, 200]},
+             {"name": "volume_ml", "source": "volume_ml", "transform": "identity", "coef": -0.25,
+              "label": "Testicular volume", "unit": "mL", "range": [0.5, 60]}]
+    return Nomogram({"schema": "noa-edge.nomogram/1", "intercept": intercept, "predictors": preds,
+                     "points": points_scaling(preds, {"fsh": (0, 60), "volume_ml": (0, 40)}),
+                     "threshold": threshold})
+
+
+def test_a_probability_exactly_at_the_threshold_is_called_positive():
+    nomo = _one_predictor_nomogram(0.5, -2.5)   # fsh 10, volume 10: lp = -2.5 + 5 - 2.5 = 0, probability ½
+    at = nomo.predict({"fsh": 10, "volume_ml": 10})
+    assert at["lp"] == 0.0 and at["probability"] == 0.5 and at["label"] == "NOA"
+    below = nomo.predict({"fsh": 9.99, "volume_ml": 10})
+    assert below["probability"] < 0.5 and below["label"] == "OA"
+
+
+def test_points_rise_with_a_positive_and_fall_with_a_negative_coefficient():
+    """rms scaling written out: FSH spans 0.5·60 = 30 lp units = 100 points; volume 0.25·40 = 10 lp units,
+    so 33.3 points at volume 0 falling to 0 at 40 mL."""
+    nomo = _one_predictor_nomogram(0.5, -2.5)
+    p = nomo.predict({"fsh": 30, "volume_ml": 8})["points"]
+    assert p["fsh"] == pytest.approx(50.0, abs=1e-9)
+    assert p["volume_ml"] == pytest.approx(100 / 3 * (1 - 8 / 40), abs=1e-9)
+    assert nomo.predict({"fsh": 60, "volume_ml": 40})["points"] == pytest.approx({"fsh": 100.0, "volume_ml": 0.0})
+    assert nomo.predict({"fsh": 0, "volume_ml": 0.5})["points"]["fsh"] == pytest.approx(0.0)
+
+
+def test_logit_transform_of_the_dl_probability():
+    spec = {"schema": "noa-edge.nomogram/1", "intercept": 0.0, "threshold": 0.5, "predictors": [
+        {"name": "dl_logit", "source": "dl_probability", "transform": "logit", "coef": 1.0, "range": [0.001, 0.999]}]}
+    spec["points"] = points_scaling(spec["predictors"], {"dl_logit": (0.01, 0.99)})
+    res = Nomogram(spec).predict({"dl_probability": 0.8})
+    assert res["lp"] == pytest.approx(np.log(4.0), abs=1e-12)   # log(0.8 / 0.2)
+    assert res["probability"] == pytest.approx(0.8, abs=1e-12)   # logit then sigmoid: back to 0.8
 
 
 def test_device_rejects_bad_inputs_with_clear_messages(dev):
@@ -222,7 +262,6 @@ def test_analyse_writes_contract_report_and_figures(dev):
     assert set(saved["comparisons"]) == {"dl_only", "clinical_only", "fsh_only"}
     assert "vs_nomogram" in saved["schoor_rule"]
     assert saved["validation"]["B_used"] == 40 and saved["validation"]["resampling"].startswith("patients")
-    assert 0.5 < saved["nomogram"]["threshold"] < 1 or 0 < saved["nomogram"]["threshold"] <= 0.5
     # the device, fed the development rows, reproduces the host's fitted probabilities exactly
     nomo = Nomogram(saved["nomogram"])
     from converters.dataset import load_dataset
@@ -235,6 +274,13 @@ def test_analyse_writes_contract_report_and_figures(dev):
     device = np.array([nomo.predict(r)["probability"] for r in kept])
     np.testing.assert_allclose(device, host, atol=1e-12)
     assert rep["discrimination"]["nomogram"]["auc"] == pytest.approx(stats.roc_auc(y, host), abs=1e-12)
+    # the threshold is Youden's cut on the development fit, found here by brute force over every cut
+    best = youden(y, host)
+    assert saved["nomogram"]["threshold"] == pytest.approx(best["threshold"], abs=1e-12)
+    assert saved["nomogram"]["threshold_method"] == "youden_development"
+    at = rep["performance"]["at_threshold"]
+    assert at["sensitivity"]["value"] == pytest.approx(best["sensitivity"], abs=1e-12)
+    assert at["specificity"]["value"] == pytest.approx(best["specificity"], abs=1e-12)
 
 
 def test_report_html_is_self_contained_with_banner(dev):
@@ -306,7 +352,17 @@ def test_evaluate_on_development_data_reproduces_apparent_fit(dev, tmp_path):
     ds, run, rep = dev
     res = ev.evaluate(run, ds, dl_probs=_prob_csv(run, tmp_path / "p.csv"))
     assert res["auc"] == pytest.approx(rep["discrimination"]["nomogram"]["auc"], abs=1e-12)
-    assert res["auc_ci"] == pytest.approx(rep["discrimination"]["nomogram"]["ci"], abs=1e-12)
+    # the CI against the all-pairs DeLong reference on the development fit (not delong_ci against itself)
+    from converters.dataset import load_dataset
+
+    probs, _, _ = nm.read_oof(run, None)
+    rows, _ = nm.joined_rows(load_dataset(ds, check_images=False), probs)
+    X, y, _, _ = nm.design(rows, rep["model"]["predictors"])
+    host = 1 / (1 + np.exp(-stats.fit_logistic(X, y).linear_predictor(X)))
+    ref = delong(y, host)
+    assert res["auc"] == pytest.approx(ref["auc"], abs=1e-12)
+    assert res["auc_ci"] == pytest.approx([ref["auc"] - 1.959963984540054 * ref["se"],
+                                           min(1.0, ref["auc"] + 1.959963984540054 * ref["se"])], abs=1e-9)
     assert res["calibration_slope"] == pytest.approx(1.0, abs=1e-7)
     assert res["calibration_in_the_large"] == pytest.approx(0.0, abs=1e-7)
     assert res["sensitivity"] == pytest.approx(rep["performance"]["at_threshold"]["sensitivity"]["value"])
@@ -339,23 +395,33 @@ def _rewrite(path: Path, rows: list[dict]) -> None:
 
 
 def test_evaluate_scores_images_with_keras_run(dev, tmp_path):
-    """The real scoring path RUN/model.keras via keras on ROIs cropped by edge.preprocess.crop_roi; a tiny
-    random CNN stands in for the trained backbone. (The bundle path, edge.bundle + LiteRT, is not compared
-    here: this tiny model converted with TFLiteConverter gives -FLT_MAX outputs, see the closing report.)"""
+    """The real scoring path RUN/model.keras via keras (ROIs cropped by edge.preprocess.crop_roi inside) against
+    the model on inputs the test computes itself; a tiny random CNN stands in for the trained backbone. (The bundle
+    path, edge.bundle + LiteRT, is not compared here: this tiny model converted with TFLiteConverter gives -FLT_MAX
+    outputs, see the closing report.)"""
     import cv2
     import keras
 
     ds, run = make_run(tmp_path, n_oa=8, n_noa=12, n_controls=0, seed=8, fsh_missing=0, name="img")
     rng = np.random.default_rng(8)
-    for r in csv.DictReader((ds / "images.csv").open()):
+    # Each image is constant on 4×3 blocks aligned with the ROI (16, 9, 128, 96), so the 32 px model input is
+    # exactly one value per block: the expected input is computed below from the written pixels, not by crop_roi.
+    image_rows = list(csv.DictReader((ds / "images.csv").open()))
+    written = {}
+    for r in image_rows:
+        r.update(roi_x=16, roi_y=9, roi_w=128, roi_h=96)
         (ds / r["file"]).parent.mkdir(exist_ok=True)
         level = rng.uniform(20, 230)  # brightness differs per image so the random CNN's outputs spread
-        cv2.imwrite(str(ds / r["file"]), np.clip(level + rng.normal(0, 20, (120, 160)), 0, 255).astype(np.uint8))
+        blocks = np.clip(level + rng.normal(0, 20, (40, 40)), 0, 255).astype(np.uint8)
+        written[r["image_id"]] = np.kron(blocks, np.ones((3, 4), np.uint8))  # 120 × 160
+        cv2.imwrite(str(ds / r["file"]), written[r["image_id"]])
+    _rewrite(ds / "images.csv", image_rows)
     inp = keras.Input((32, 32, 3), dtype="float32")
-    feat = keras.layers.Conv2D(4, 3, strides=4, activation="relu",
-                               kernel_initializer=keras.initializers.RandomNormal(seed=1))(keras.layers.Rescaling(1 / 255)(inp))
+    feat = keras.layers.Conv2D(4, 3, strides=4, activation="relu", kernel_initializer=keras.initializers.RandomNormal(
+        seed=1))(keras.layers.Rescaling(1 / 255)(inp))
     cam4 = keras.layers.Conv2D(1, 1, kernel_initializer=keras.initializers.RandomNormal(stddev=5.0, seed=2))(feat)
-    model = keras.Model(inp, {"prob": keras.layers.Activation("sigmoid", name="prob")(keras.layers.GlobalAveragePooling2D()(cam4)),
+    prob = keras.layers.Activation("sigmoid", name="prob")(keras.layers.GlobalAveragePooling2D()(cam4))
+    model = keras.Model(inp, {"prob": prob,
                               "cam": keras.layers.Reshape((8, 8), name="cam")(cam4)})
     model.save(run / "model.keras")
     (run / "nomogram.json").write_text((dev[1] / "nomogram.json").read_text())
@@ -365,9 +431,12 @@ def test_evaluate_scores_images_with_keras_run(dev, tmp_path):
     dset = load_dataset(ds)
     rows = dset.labelled_images()
     via_keras = ev.score_images_with_keras(run, dset, rows, progress=False)
-    direct = model(np.stack([crop_roi(dset.read_image(r), r["roi"], 32) for r in rows]).astype("float32"))
+    expected = np.stack([expected_model_input(written[r["image_id"]], (16, 9, 128, 96), 32) for r in rows])
+    assert np.array_equal(expected[0, :, :, 0], written[rows[0]["image_id"]][9:105:3, 16:144:4])  # one block each
+    direct = model(expected.astype("float32"))
     np.testing.assert_allclose([via_keras[r["image_id"]] for r in rows], np.asarray(direct["prob"])[:, 0], atol=1e-6)
     assert len(via_keras) == len(rows) == 40 and np.ptp(list(via_keras.values())) > 0.01
     res = ev.evaluate(run, ds, progress=False)
     assert res["dl_probabilities"].endswith("(keras)") and res["source_kind"] == "run" and res["n_images"] == 40
-    assert res["dl_auc"] == pytest.approx(stats.roc_auc([r["label"] for r in rows], [via_keras[r["image_id"]] for r in rows]))
+    assert res["dl_auc"] == pytest.approx(stats.roc_auc([r["label"] for r in rows],
+                                                        [via_keras[r["image_id"]] for r in rows]))

@@ -35,7 +35,41 @@ def test_roi_on_cine_frames(demo_cine):
     assert np.median(scores) >= 0.85 and min(scores) >= 0.5
 
 
+def _field(scanner) -> tuple[int, int, int, int]:
+    """The B-mode image area the phantom drew (converters/bmode.py compose_screen), in screen pixels."""
+    ox, oy = scanner.origin
+    return (ox, oy, int(round(scanner.width_mm * scanner.px_per_mm)), int(round(scanner.depth_mm * scanner.px_per_mm)))
+
+
+def _inside(box, area) -> bool:
+    x, y, w, h = box
+    ax, ay, aw, ah = area
+    return x >= ax and y >= ay and x + w <= ax + aw and y + h <= ay + ah
+
+
+def test_auto_roi_inside_the_image_area_on_every_cine_frame(demo_cine):
+    """Issue 12: the automatic ROI ran onto the depth ruler (40 % of the cine's frames before the fix). Every
+    frame: the image area is the drawn field (not the ruler, focus marker, text or border line) and the ROI
+    lies inside it."""
+    from converters.bmode import SCANNERS
+
+    sidecar = json.loads(Path(str(demo_cine) + ".json").read_text())
+    field = _field(SCANNERS["development"])  # the scanner phantom_cine.write_cine renders with
+    frames = list(cine_frames(demo_cine, every=1))
+    assert len(frames) == sidecar["frames"] == len(sidecar["roi_per_frame"])
+    outside = []
+    for i, f in frames:
+        area = find_image_area(f)
+        roi = propose_roi(f, area)
+        assert _inside(area, field) and iou(area, field) > 0.98, (i, area, field)
+        if not _inside(roi, field):
+            outside.append((i, roi))
+    print(f"\ncine: {len(frames) - len(outside)}/{len(frames)} automatic ROIs inside the image area {field}")
+    assert outside == []
+
+
 def test_roi_on_rendered_cohort_screens_both_scanners():
+    from converters.bmode import SCANNERS
     from converters.phantom import render_image, sample_cohort
 
     scores = []
@@ -48,7 +82,9 @@ def test_roi_on_rendered_cohort_screens_both_scanners():
             ax, ay, aw, ah = area
             assert ax <= x and ay <= y and ax + aw >= x + w and ay + ah >= y + h  # field contains the testis
             assert aw * ah < 0.8 * screen.shape[0] * screen.shape[1]  # UI chrome and text dropped
-            scores.append(iou(propose_roi(screen, area), truth))
+            roi = propose_roi(screen, area)
+            assert _inside(roi, _field(SCANNERS[cohort])), (cohort, roi)  # never on the ruler, text or margins
+            scores.append(iou(roi, truth))
     print(f"\nrendered screens: median IoU {np.median(scores):.3f} over {len(scores)}, min {min(scores):.3f}")
     assert np.median(scores) >= 0.85
 

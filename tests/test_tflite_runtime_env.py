@@ -75,6 +75,7 @@ def models(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow  # converts a NASNetMobile to fp32 and int8 TFLite first
 def test_tflite_runtime_env_gives_the_same_outputs(models):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "NOA_EDGE_RUNTIME")}
     env["PYTHONPATH"] = str(ROOT)

@@ -143,6 +143,7 @@ def test_make_config_refuses_bad_options_by_name(tmp_path, options, message):
 
 
 # --------------------------------------------------------------------------------- end to end
+@pytest.mark.slow  # trains a real network
 def test_quick_run_writes_the_contract(quick_run, cohort):
     run, report = quick_run
     meta = json.loads((run / "run.json").read_text())
@@ -165,6 +166,7 @@ def test_quick_run_writes_the_contract(quick_run, cohort):
     assert (run / "train.log").read_text().count("epoch 1/1") >= 2 * 2 + 1
 
 
+@pytest.mark.slow  # trains a real network
 def test_cv_table_prints_one_row_per_backbone_and_marks_the_selected(quick_run):
     import subprocess
     import sys
@@ -184,6 +186,7 @@ def test_cv_table_prints_one_row_per_backbone_and_marks_the_selected(quick_run):
     assert bad.returncode != 0 and "usage" in bad.stderr
 
 
+@pytest.mark.slow  # trains a real network
 def test_oof_covers_every_image_once_per_backbone_and_folds_split_patients(quick_run, cohort):
     run, _ = quick_run
     with open(cohort / "patients.csv", newline="") as f:
@@ -210,6 +213,7 @@ def test_oof_covers_every_image_once_per_backbone_and_folds_split_patients(quick
             assert rec["n_fit"] + rec["n_val"] + rec["n_test"] == len(expected)
 
 
+@pytest.mark.slow  # trains a real network
 def test_resume_skips_finished_folds_and_retrains_only_a_missing_one(quick_run, cohort):
     run, _ = quick_run
     outputs = sorted((run / "folds").rglob("fold*.*")) + [run / "model.keras"]
@@ -232,6 +236,7 @@ def test_resume_skips_finished_folds_and_retrains_only_a_missing_one(quick_run, 
     assert changed == expected
 
 
+@pytest.mark.slow  # trains a real network
 def test_resume_refuses_a_run_made_with_other_settings(quick_run, cohort):
     run, _ = quick_run
     with pytest.raises(TrainError, match="other settings.*input_size"):
@@ -250,12 +255,13 @@ def _check_cam_is_grad_cam(model, images):
     grad, _ = gradient_grad_cam(model, images)
     assert cam.shape == grad.shape and cam.shape[1] * cam.shape[2] >= 4
     shuffled = np.random.default_rng(0).permutation(cam.shape[1] * cam.shape[2])
-    for c, g in zip(cam, grad):
+    for c, g in zip(cam, grad, strict=True):
         assert _pearson(c, g) >= 0.99
         assert np.polyfit(g.ravel(), c.ravel(), 1)[0] > 0  # positive scale
         assert _pearson(c.ravel()[shuffled], g.ravel()) < 0.99  # the check can fail
 
 
+@pytest.mark.slow  # trains a real network
 def test_saved_model_cam_equals_gradient_grad_cam(quick_run):
     import tensorflow as tf
 

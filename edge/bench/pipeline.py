@@ -75,7 +75,7 @@ def _page_renderer(bundle_path: Path, variant: str, threads: int, data_dir: Path
 
     app = create_app(DaemonConfig(bundle=str(bundle_path), source=None, data_dir=str(data_dir), variant=variant,
                                   threads=threads))
-    client = TestClient(app)
+    client = TestClient(app, base_url="http://127.0.0.1")  # a loopback Host: the daemon refuses others
     client.__enter__()
 
     def render(exam_id: int) -> None:

@@ -1,204 +1,181 @@
-// noa-edge live page: live view, draggable/resizable ROI, Analyze, result panel. Vanilla JS, no CDN.
+// noa-edge live page: live view → Freeze (or an opened/dropped file) → a held frame on the daemon with its own
+// proposed ROI → Analyze scores exactly that frame with exactly the ROI on screen. Vanilla JS, no CDN.
 "use strict";
-(function () {
-  const $ = (id) => document.getElementById(id);
-  const live = $("live"), stage = $("stage"), roiEl = $("roi"), handle = $("roi-handle");
-  const state = { frameW: 0, frameH: 0, roi: null, paused: false, lastExamId: 0, busy: false, userMovedRoi: false };
+import { $, api, localTime } from "./common.js";
+import { createPatientForm } from "./patient.js";
+import { createResults } from "./results.js";
+import { createRoiBox } from "./roi.js";
 
-  // ---------------------------------------------------------------- live view (periodic JPEG snapshots)
-  let liveUrl = null;
-  async function pollFrame() {
-    if (!state.paused) {
-      try {
-        const r = await fetch("/live.jpg", { cache: "no-store" });
-        if (r.ok) {
-          const size = (r.headers.get("X-Frame-Size") || "0x0").split("x").map(Number);
-          const blob = await r.blob();
-          const url = URL.createObjectURL(blob);
-          live.onload = () => { if (liveUrl) URL.revokeObjectURL(liveUrl); liveUrl = url; };
-          live.src = url;
-          const changed = size[0] !== state.frameW || size[1] !== state.frameH;
-          state.frameW = size[0]; state.frameH = size[1];
+const view = $("view");
+const state = { mode: "live", held: null, file: null, busy: false, liveUrl: null };
+const TRIGGER_WORDS = { user: "frozen by you", upload: "opened from a file", freeze: "automatic freeze",
+  folder: "from the watched folder", dicom: "received over DICOM" };
+
+const roi = createRoiBox(view, $("roi"), $("roi-handle"), () => {
+  const r = roi.roi;
+  $("roi-text").textContent = r ? r.join(", ") : "–";
+  $("roi-method").textContent = r ? (roi.method === "manual" ? "(moved by you)" : "(proposed for this image)") : "";
+});
+const form = createPatientForm({
+  onCleared: () => results.clear(),
+  onContext: (ctx) => { if (ctx) results.refreshSummary(ctx.patient_id); else $("patient-summary").hidden = true; },
+});
+const results = createResults({ isBusy: () => state.busy, openPatient: () => (form.context ? form.context.patient_id : null) });
+
+function showImageMsg(msg) { $("image-msg").textContent = msg; $("image-msg").hidden = !msg; }
+
+// ---------------------------------------------------------------- live view (JPEG snapshots, only while live)
+async function pollLive() {
+  if (state.mode === "live") {
+    const r = await api("/live.jpg");
+    if (state.mode === "live") {
+      if (r.ok) {
+        const blob = await r.response.blob();
+        if (state.mode === "live") {
+          const url = URL.createObjectURL(blob), old = state.liveUrl;
+          state.liveUrl = url;
+          view.src = url;
+          if (old) URL.revokeObjectURL(old);
+          view.alt = "live ultrasound frame";
           $("no-frame").hidden = true;
-          if (changed || !state.roi) await autoRoi();
-        } else {
-          $("no-frame").hidden = false;
         }
-      } catch (e) { $("no-frame").hidden = false; }
-    }
-    setTimeout(pollFrame, 250);
-  }
-
-  // ---------------------------------------------------------------- source state banner
-  async function pollHealth() {
-    try {
-      const r = await fetch("/api/health", { cache: "no-store" });
-      if (r.ok) {
-        const h = await r.json();
-        const s = h.source;
-        $("source-state").textContent = s.state;
-        $("source-state").className = "pill " + s.state;
-        $("frozen").hidden = !s.frozen;
-        const banner = $("source-banner");
-        const lost = s.state === "lost" || s.state === "reconnecting";
-        banner.hidden = !lost;
-        if (lost) banner.textContent = "Source lost: " + (s.source || "") + " — " + (s.error || "") + " (reconnecting…)";
-      }
-    } catch (e) {
-      const banner = $("source-banner");
-      banner.hidden = false; banner.textContent = "The daemon is not answering.";
-    }
-    setTimeout(pollHealth, 1500);
-  }
-
-  // ---------------------------------------------------------------- automatic analyses (freeze / pushed images)
-  async function pollExams() {
-    try {
-      const r = await fetch("/api/exams?limit=1", { cache: "no-store" });
-      if (r.ok) {
-        const j = await r.json();
-        const e = j.exams[0];
-        if (e && e.id > state.lastExamId) {
-          const first = state.lastExamId === 0;
-          state.lastExamId = e.id;
-          if (!first && e.trigger !== "button" && e.trigger !== "upload" && !state.busy) showResult(e);
-        }
-      }
-    } catch (e) { /* health banner reports it */ }
-    setTimeout(pollExams, 2000);
-  }
-
-  // ---------------------------------------------------------------- ROI box (frame pixel coordinates)
-  function scale() { return live.clientWidth && state.frameW ? live.clientWidth / state.frameW : 1; }
-  function drawRoi() {
-    if (!state.roi) { roiEl.hidden = true; return; }
-    const s = scale(), [x, y, w, h] = state.roi;
-    roiEl.hidden = false;
-    roiEl.style.left = (x * s) + "px"; roiEl.style.top = (y * s) + "px";
-    roiEl.style.width = (w * s) + "px"; roiEl.style.height = (h * s) + "px";
-    $("roi-text").textContent = state.roi.join(", ");
-  }
-  function clampRoi(r) {
-    let [x, y, w, h] = r.map(Math.round);
-    w = Math.max(16, Math.min(w, state.frameW)); h = Math.max(16, Math.min(h, state.frameH));
-    x = Math.max(0, Math.min(x, state.frameW - w)); y = Math.max(0, Math.min(y, state.frameH - h));
-    return [x, y, w, h];
-  }
-  async function autoRoi(force) {
-    if (state.userMovedRoi && !force) return;
-    try {
-      const r = await fetch("/api/roi", { cache: "no-store" });
-      if (r.ok) { const j = await r.json(); state.roi = j.roi; drawRoi(); }
-    } catch (e) { /* keep the old box */ }
-  }
-  let drag = null;
-  function startDrag(ev, mode) {
-    if (!state.roi) return;
-    ev.preventDefault(); ev.stopPropagation();
-    drag = { mode, x0: ev.clientX, y0: ev.clientY, roi0: state.roi.slice() };
-    window.addEventListener("pointermove", onDrag);
-    window.addEventListener("pointerup", endDrag, { once: true });
-  }
-  function onDrag(ev) {
-    if (!drag) return;
-    const s = scale(), dx = (ev.clientX - drag.x0) / s, dy = (ev.clientY - drag.y0) / s;
-    const [x, y, w, h] = drag.roi0;
-    state.roi = clampRoi(drag.mode === "move" ? [x + dx, y + dy, w, h] : [x, y, w + dx, h + dy]);
-    state.userMovedRoi = true;
-    drawRoi();
-  }
-  function endDrag() { drag = null; window.removeEventListener("pointermove", onDrag); }
-  roiEl.addEventListener("pointerdown", (ev) => startDrag(ev, "move"));
-  handle.addEventListener("pointerdown", (ev) => startDrag(ev, "resize"));
-  window.addEventListener("resize", drawRoi);
-  live.addEventListener("load", drawRoi);
-
-  $("auto-roi").addEventListener("click", () => { state.userMovedRoi = false; autoRoi(true); });
-  $("pause").addEventListener("click", () => {
-    state.paused = !state.paused;
-    $("pause").textContent = state.paused ? "Resume view" : "Pause view";
-  });
-
-  // ---------------------------------------------------------------- form: units, ranges, Lambert volume
-  const dimIds = ["length_cm", "width_cm", "height_cm"];
-  function lambert() {
-    const v = dimIds.map((id) => parseFloat($(id).value));
-    if (v.every((n) => isFinite(n) && n > 0)) {
-      $("volume-calc").textContent = "0.71 × " + v.join(" × ") + " = " + (0.71 * v[0] * v[1] * v[2]).toFixed(2) + " mL";
-    } else { $("volume-calc").textContent = ""; }
-  }
-  dimIds.forEach((id) => $(id).addEventListener("input", lambert));
-
-  function validate() {
-    const problems = [];
-    document.querySelectorAll("#analyze-form input[type=number]").forEach((inp) => {
-      inp.classList.remove("invalid");
-      if (inp.value.trim() === "") { if (inp.validity.badInput) { problems.push(inp.dataset.label + ": not a number"); inp.classList.add("invalid"); } return; }
-      const v = Number(inp.value), lo = Number(inp.min), hi = Number(inp.max);
-      if (!isFinite(v)) { problems.push(inp.dataset.label + ": not a number"); inp.classList.add("invalid"); }
-      else if (v < lo || v > hi) {
-        problems.push(inp.dataset.label + " = " + v + " " + inp.dataset.unit + " is outside the plausible range " + lo + "–" + hi + " " + inp.dataset.unit);
-        inp.classList.add("invalid");
-      }
-    });
-    const dims = dimIds.filter((id) => $(id).value.trim() !== "");
-    if (dims.length && dims.length < 3) problems.push("Testis dimensions: give length, width and height (cm), or the volume in mL");
-    if (dims.length && $("volume_ml").value.trim() !== "") problems.push("Give either the volume in mL or the three dimensions, not both");
-    return problems;
-  }
-
-  function showError(msg) { const el = $("form-error"); el.textContent = msg; el.hidden = !msg; }
-
-  $("analyze-form").addEventListener("submit", async (ev) => {
-    ev.preventDefault();
-    const problems = validate();
-    if (problems.length) { showError(problems.join(". ")); return; }
-    showError("");
-    const fd = new FormData();
-    ["fsh", "volume_ml", "edv", "length_cm", "width_cm", "height_cm", "patient_id"].forEach((id) => {
-      const v = $(id).value.trim(); if (v !== "") fd.append(id, v);
-    });
-    if (state.roi) fd.append("roi", state.roi.join(","));
-    state.busy = true; $("analyze").disabled = true; $("analyze").textContent = "Analyzing…";
-    try {
-      const r = await fetch("/api/analyze", { method: "POST", body: fd });
-      const j = await r.json().catch(() => ({ detail: "HTTP " + r.status }));
-      if (!r.ok) {
-        showError(j.detail || ("HTTP " + r.status));
-        if (j.field && $(j.field)) $(j.field).classList.add("invalid");
       } else {
-        state.lastExamId = Math.max(state.lastExamId, j.id);
-        showResult(j);
+        $("no-frame").textContent = (r.offline ? "The daemon is not answering." : "No live frame: " + r.message + ".") +
+          " Open or drop an image file (PNG, JPEG, DICOM) to analyse it.";
+        $("no-frame").hidden = false;
       }
-    } catch (e) { showError("The daemon did not answer: " + e); }
-    finally { state.busy = false; $("analyze").disabled = false; $("analyze").textContent = "Analyze"; }
-  });
-
-  // ---------------------------------------------------------------- result panel
-  const fmt = (p) => (p === null || p === undefined) ? "–" : Number(p).toFixed(3);
-  async function showResult(e) {
-    $("result").hidden = false;
-    $("result-meta").textContent = "exam " + e.id + " · " + e.trigger + (e.trigger === "freeze" ? " (automatic on freeze)" : "");
-    const label = $("result-label");
-    label.textContent = e.label; label.className = "label " + e.label;
-    $("result-basis").textContent = e.basis === "nomogram" ? "nomogram (DL + FSH + volume + EDV)" : "DL-only result — clinical values missing";
-    $("result-dl").textContent = fmt(e.dl_probability);
-    $("result-nomo").textContent = fmt(e.nomogram_probability);
-    $("result-threshold").textContent = Number(e.threshold).toFixed(3);
-    const rows = Object.entries(e.points || {}).map(([k, v]) => "<tr><th>points: " + k + "</th><td>" + v.toFixed(1) + "</td></tr>");
-    if (e.total_points !== null && e.total_points !== undefined) rows.push("<tr><th>total points</th><td>" + e.total_points.toFixed(1) + "</td></tr>");
-    $("points-table").innerHTML = rows.join("");
-    $("result-notes").textContent = (e.notes || []).join(" · ");
-    $("result-overlay").src = e.links.overlay;
-    $("timings").textContent = "timings (ms): " + Object.entries(e.timings || {}).map(([k, v]) => k + " " + v.toFixed(1)).join(" · ");
-    $("exports").innerHTML = '<a href="' + e.links.page + '">exam page</a> · <a href="' + e.links.report_pdf + '">PDF</a> · <a href="' +
-      e.links.report_png + '">PNG</a> · <a href="' + e.links.dicom_sc + '">DICOM SC</a> · <a href="' + e.links.dicom_sr + '">DICOM SR</a>';
-    try {
-      const r = await fetch(e.links.nomogram_svg, { cache: "no-store" });
-      $("nomogram").innerHTML = r.ok ? await r.text() : "";
-    } catch (err) { $("nomogram").innerHTML = ""; }
-    $("result").dataset.examId = e.id;
+    }
   }
+  setTimeout(pollLive, 250);
+}
 
-  pollFrame(); pollHealth(); pollExams();
-})();
+// ---------------------------------------------------------------- held frames
+function hold(f) {
+  state.mode = "held";
+  state.held = f;
+  view.src = "/frames/" + f.frame_id + ".png";
+  view.alt = "held frame, " + (TRIGGER_WORDS[f.trigger] || f.trigger);
+  $("no-frame").hidden = true;
+  $("stage").dataset.frameId = f.frame_id;
+  roi.set(f.frame_size, f.roi);     // this frame's own proposed ROI, never the previous box
+  $("view-mode").textContent = "held frame";
+  $("view-mode").className = "pill held";
+  const which = f.n_frames > 1 ? " · frame " + (f.frame_index + 1) + " of " + f.n_frames : "";
+  $("held-info").textContent = "Held " + localTime(f.held_at) + " · " + (TRIGGER_WORDS[f.trigger] || f.trigger) + which +
+    ". Analyze scores exactly this frame.";
+  $("go-live").disabled = false;
+  $("auto-roi").disabled = false;
+}
+
+function goLive() {
+  state.mode = "live"; state.held = null; state.file = null;
+  delete $("stage").dataset.frameId;
+  roi.clear();
+  $("frame-chooser").hidden = true;
+  $("file").value = "";
+  $("view-mode").textContent = "live view";
+  $("view-mode").className = "pill live-view";
+  $("held-info").textContent = "";
+  $("go-live").disabled = true;
+  $("auto-roi").disabled = true;
+  showImageMsg("");
+}
+
+async function freeze() {
+  showImageMsg("");
+  const r = await api("/api/freeze", { method: "POST" });
+  if (!r.ok) { showImageMsg("Could not freeze: " + r.message); return false; }
+  state.file = null;
+  $("frame-chooser").hidden = true;
+  hold(r.data);
+  return true;
+}
+
+$("freeze").addEventListener("click", freeze);
+$("go-live").addEventListener("click", goLive);
+$("auto-roi").addEventListener("click", () => { if (state.held) roi.set(state.held.frame_size, state.held.roi); });
+
+// ---------------------------------------------------------------- files: picker and drag-and-drop
+async function openFile(file, frameIndex) {
+  showImageMsg("");
+  const fd = new FormData();
+  fd.append("image", file, file.name);
+  if (frameIndex !== undefined) fd.append("frame_index", String(frameIndex));
+  $("held-info").textContent = "Reading " + file.name + "…";
+  const r = await api("/api/frames", { method: "POST", body: fd });
+  if (!r.ok) {
+    $("held-info").textContent = "";
+    showImageMsg(file.name + ": " + r.message);
+    return;
+  }
+  state.file = file;
+  hold(r.data);
+  const n = r.data.n_frames || 1, chooser = $("frame-index");
+  $("frame-chooser").hidden = n < 2;
+  if (n > 1) {
+    if (chooser.options.length !== n || chooser.dataset.file !== file.name) {
+      chooser.replaceChildren(...Array.from({ length: n }, (_, i) => new Option(String(i + 1), String(i))));
+      chooser.dataset.file = file.name;
+    }
+    chooser.value = String(r.data.frame_index);
+    $("frame-count").textContent = "of " + n;
+  }
+}
+
+$("file").addEventListener("change", () => { const f = $("file").files[0]; if (f) openFile(f); });
+$("frame-index").addEventListener("change", () => { if (state.file) openFile(state.file, Number($("frame-index").value)); });
+
+const stage = $("stage");
+const showDrop = (on) => { $("drop-hint").hidden = !on; stage.classList.toggle("dropping", on); };
+stage.addEventListener("dragenter", (ev) => { ev.preventDefault(); showDrop(true); });
+stage.addEventListener("dragover", (ev) => { ev.preventDefault(); ev.dataTransfer.dropEffect = "copy"; showDrop(true); });
+stage.addEventListener("dragleave", (ev) => { if (!stage.contains(ev.relatedTarget)) showDrop(false); });
+stage.addEventListener("drop", (ev) => {
+  ev.preventDefault();
+  showDrop(false);
+  const f = ev.dataTransfer && ev.dataTransfer.files[0];
+  if (f) openFile(f); else showImageMsg("Nothing to open: drop an image file (PNG, JPEG or DICOM).");
+});
+
+// ---------------------------------------------------------------- Analyze: exactly the held frame and the ROI on screen
+function setBusy(on) {
+  state.busy = on;
+  $("analyze").disabled = on;
+  $("analyze").textContent = on ? "Analyzing…" : "Analyze";
+}
+
+$("analyze-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  if (state.busy) return;
+  setBusy(true);
+  try {
+    const checked = await form.check(true);
+    if (!checked || !checked.ok) { form.refuse(checked || {}); return; }
+    form.showFormError("");
+    if (state.mode !== "held" && !(await freeze())) return;   // Analyze on the live view freezes first
+    const fd = form.formData();
+    fd.append("frame_id", state.held.frame_id);
+    if (roi.roi) fd.append("roi", roi.roi.join(","));
+    fd.append("roi_method", roi.method);
+    if (form.side()) fd.append("side", form.side());
+    const r = await api("/api/analyze", { method: "POST", body: fd });
+    if (!r.ok) {
+      if (r.field === "frame_id") form.showFormError(r.message + " Freeze again or open the file again.");
+      else if (r.field && form.fieldError(r.field, r.message)) form.showFormError("Nothing was analysed: " + r.message);
+      else form.showFormError(r.message);
+      return;
+    }
+    results.markOwn(r.data.id);
+    await results.show(r.data, { focus: true });
+  } finally {
+    setBusy(false);
+  }
+});
+
+document.addEventListener("noa:health", (ev) => {
+  if (ev.detail) $("source-name").textContent = ev.detail.source.source || "no live source: open or drop an image";
+});
+
+form.load();
+results.poll();
+pollLive();

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from ..daemon import Daemon, resident_memory_bytes
-from .common import WebContext
+from .common import WebContext, declare
 
 
 def metrics_text(d: Daemon) -> str:
@@ -42,6 +42,24 @@ def metrics_text(d: Daemon) -> str:
         extra = " (replaced before anyone read them)" if key == "frames_dropped" else ""
         metric(f"noa_edge_source_{key}_total", "counter", f"Capture {key.replace('_', ' ')}{extra}",
                [({}, src.get(key, 0))])
+    storage = d.store.storage_status()
+    if storage["free_bytes"] is not None:
+        metric("noa_edge_disk_free_bytes", "gauge", "Free space on the data directory's filesystem",
+               [({}, storage["free_bytes"])])
+    metric("noa_edge_disk_min_free_bytes", "gauge", "Watermark (--min-free-mb) under which analyses are refused",
+           [({}, storage["min_free_bytes"])])
+    metric("noa_edge_store_bytes", "gauge", "Exam database and its WAL on disk", [({}, storage["db_bytes"])])
+    metric("noa_edge_requests_refused_total", "counter", "Requests refused by the Host/Origin checks",
+           [({}, c.get("requests_refused", 0))])
+    metric("noa_edge_auth_lockouts_total", "counter", "Client addresses locked out after wrong tokens",
+           [({}, c.get("auth_lockouts", 0))])
+    inbox = d.inbox.stats()  # pushed images (folder, DICOM) stored and waiting for analysis
+    metric("noa_edge_inbox_depth", "gauge", "Pushed images waiting for analysis", [({}, inbox["depth"])])
+    metric("noa_edge_inbox_bytes", "gauge", "Bytes of pushed images waiting", [({}, inbox["bytes"])])
+    metric("noa_edge_inbox_oldest_age_seconds", "gauge", "Age of the oldest waiting image (0 when none)",
+           [({}, inbox["oldest_age_s"] or 0)])
+    metric("noa_edge_inbox_items_total", "counter", "Inbox items by outcome (duplicates and refusals since start)",
+           [({"outcome": k}, inbox[k]) for k in ("done", "failed", "duplicates", "refused_full")])
     rss = resident_memory_bytes()
     if rss is not None:
         metric("process_resident_memory_bytes", "gauge", "Resident memory of the daemon", [({}, rss)])
@@ -51,7 +69,8 @@ def metrics_text(d: Daemon) -> str:
 def build(ctx: WebContext) -> APIRouter:
     router = APIRouter()
 
-    @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    @router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+                responses=declare(text="text/plain"))
     def metrics():
         return Response(metrics_text(ctx.daemon), media_type="text/plain; version=0.0.4")
 

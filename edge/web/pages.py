@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime
+
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 
 from .. import DEMO_DISCLAIMER, __version__
 from ..clinical import form_fields
-from .common import WebContext, error, public_exam
+from .common import Offset, WebContext, error, public_exam
 
 
 def build(ctx: WebContext) -> APIRouter:
@@ -24,9 +26,24 @@ def build(ctx: WebContext) -> APIRouter:
         return page(request, "index.html", fields=form_fields(d.analyzer.clinical_ranges()))
 
     @router.get("/history", response_class=HTMLResponse, include_in_schema=False)
-    def history(request: Request, offset: int = Query(0, ge=0)):
-        exams = d.store.list_exams(limit=100, offset=offset)
-        return page(request, "history.html", exams=exams, offset=offset, total=d.store.count())
+    def history(request: Request, offset: Offset = 0, patient_id: str | None = Query(None),
+                date: str | None = Query(None)):
+        """Searchable by patient ID and local day; empty fields (a plain HTML form sends them) are no filter,
+        a bad value is a message on the page (filter_error), not a JSON refusal."""
+        typed_id, typed_date = (patient_id or "").strip(), (date or "").strip()
+        pid: str | None = typed_id or None
+        day: datetime.date | None = None
+        problem = ""
+        if pid is not None and len(pid) > 64:
+            pid, problem = None, "patient ID: at most 64 characters"
+        if typed_date:
+            try:
+                day = datetime.date.fromisoformat(typed_date)
+            except ValueError:
+                problem = f"date {typed_date!r}: use YYYY-MM-DD"
+        exams = [public_exam(e) for e in d.store.list_exams(limit=100, offset=offset, patient_id=pid, day=day)]
+        return page(request, "history.html", exams=exams, offset=offset, total=d.store.count(patient_id=pid, day=day),
+                    patient_id=typed_id, date=typed_date, filter_error=problem)
 
     @router.get("/exams/{exam_id}", response_class=HTMLResponse, include_in_schema=False)
     def exam_page(request: Request, exam_id: int):
