@@ -175,7 +175,8 @@ def main() -> None:
     manifest = json.loads((args.bundle / "manifest.json").read_text())
     out = {"bundle": str(args.bundle), "threads": args.threads, "cpu_count": os.cpu_count(),
            "load_avg": os.getloadavg(), "processes": {}, "daemon": None}
-    jobs = [(v, "litert", args.bundle / s["file"]) for v, s in manifest["variants"].items() if s["file"].endswith(".tflite")]
+    jobs = [(v, "litert", args.bundle / s["file"]) for v, s in manifest["variants"].items()
+            if s["file"].endswith(".tflite")]
     if "onnx" in manifest["variants"]:
         jobs.append(("fp32", "onnxruntime", args.bundle / manifest["variants"]["onnx"]["file"]))
     for variant, backend, path in jobs:
@@ -192,7 +193,8 @@ def main() -> None:
           f"(CPU {d['cpu_ms_to_health']:.0f} ms), start→first result {d['start_to_first_result_ms']:.0f} ms "
           f"(CPU {d['cpu_ms_to_first_result']:.0f} ms); RSS loaded {d['rss_loaded_mb']:.0f} MB, "
           f"after first {d['rss_after_first_mb']:.0f} MB, after {args.analyses + 1} "
-          f"{d[f'rss_after_{args.analyses + 1}_analyses_mb']:.0f} MB; HTTP analyze p50 {d['http_analyze_p50_ms']:.0f} ms")
+          f"{d[f'rss_after_{args.analyses + 1}_analyses_mb']:.0f} MB; "
+          f"HTTP analyze p50 {d['http_analyze_p50_ms']:.0f} ms")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2) + "\n")

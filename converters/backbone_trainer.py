@@ -64,9 +64,9 @@ class BackboneTrainer:
                  self.model.count_params(), weights or "from scratch", self.learning_rate, time.perf_counter() - t0)
 
     def reset(self) -> None:
-        for v, a in zip(self.model.variables, self._initial_model):
+        for v, a in zip(self.model.variables, self._initial_model, strict=False):
             v.assign(a)
-        for v, a in zip(self.optimizer.variables, self._initial_optimizer):
+        for v, a in zip(self.optimizer.variables, self._initial_optimizer, strict=False):
             v.assign(a)
 
     def fit(self, x, y, fold: int, epochs: int, desc: str, validation=None) -> dict:

@@ -351,7 +351,8 @@ def compose_screen(bmode: BMode, scene: Scene, scanner: Scanner, side: str, gain
         if mm % 10 == 0:
             _text(screen, f"{mm // 10}", (sx + 14, y + 5), 0.4)
     focus_y = oy + int(round(scene.cz * ppm))
-    cv2.fillPoly(screen, [np.array([[ox - 12, focus_y - 5], [ox - 4, focus_y], [ox - 12, focus_y + 5]])], (90, 200, 240))
+    cv2.fillPoly(screen, [np.array([[ox - 12, focus_y - 5], [ox - 4, focus_y], [ox - 12, focus_y + 5]])],
+                 (90, 200, 240))
 
     gain_total = 50 + scanner.gain_db + gain_db
     items = [f"{scanner.name}  NOA-EDGE PHANTOM", f"{scanner.probe}  {scanner.f0_mhz:.1f}MHz",

@@ -74,10 +74,12 @@ def model_card(manifest: dict, fidelity: dict, data) -> str:
               "## Nomogram",
               ("PLACEHOLDER — no fitted nomogram was available at conversion; the DL probability alone at 0.5."
                if nomo.get("placeholder") else
-               f"Fitted logistic nomogram, threshold {fmt(nomo.get('threshold'))} ({nomo.get('threshold_method')})."), "",
+               f"Fitted logistic nomogram, threshold {fmt(nomo.get('threshold'))} "
+               f"({nomo.get('threshold_method')})."), "",
               "## Fidelity of the device variants vs the Keras model",
               f"{fidelity['n_rois']} held-out ROIs from {fidelity['n_patients']} patients not used for calibration; "
-              f"agreement basis: {fidelity['threshold_basis']}. Keras AUC on these ROIs: {fmt(fidelity['keras']['auc'])}.",
+              f"agreement basis: {fidelity['threshold_basis']}. "
+              f"Keras AUC on these ROIs: {fmt(fidelity['keras']['auc'])}.",
               "", "| variant | AUC | ΔAUC | agreement | mean abs Δprob | max abs Δprob | CAM r |",
               "|---|---|---|---|---|---|---|"]
     for name, f in fidelity["variants"].items():

@@ -65,7 +65,8 @@ def _register_simulate(app: typer.Typer) -> None:
         controls: int = typer.Option(DEFAULT_COUNTS["control"], "--controls", help="Age-matched controls."),
         seed: int = typer.Option(0, "--seed", help="Randomness; same seed -> byte-identical CSVs and images."),
         external: int = typer.Option(100, "--external",
-                                     help="Patients in the external (other scanner) cohort, written to OUT/external; 0 = none."),
+                                     help="Patients in the external (other scanner) cohort, "
+                                          "written to OUT/external; 0 = none."),
         image_signal: float = typer.Option(DEFAULT_IMAGE_SIGNAL, "--image-signal",
                                            help="How strongly severity shows in the image (0 = not at all)."),
         cine: Path = typer.Option(None, "--cine", help="Also write a scan video (.avi MJPG or .mp4 mp4v)."),
@@ -83,7 +84,7 @@ def _register_simulate(app: typer.Typer) -> None:
                            progress=not quiet, overwrite=overwrite)
         except PhantomError as exc:
             typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2)
+            raise typer.Exit(2) from exc
         dt = time.perf_counter() - t0
         typer.echo(f"wrote {res['images']} images to {res['development']}")
         if "external" in res:
@@ -120,7 +121,7 @@ def validate_command(dataset: Path, no_images: bool, json_file: Path | None, ech
         ds = dataset_mod.load_dataset(dataset, check_images=not no_images)
     except DatasetError as exc:
         errors, warnings_ = exc.problems, exc.warnings
-    except Exception as exc:  # never a traceback: report as a problem naming the dataset
+    except Exception as exc:  # noqa: BLE001 - never a traceback: any failure becomes a problem naming the dataset
         errors, warnings_ = [Problem(str(dataset), None, None,
                                      f"unexpected error while validating: {type(exc).__name__}: {exc}")], []
     else:
@@ -180,14 +181,16 @@ def _register_train(app: typer.Typer) -> None:
         batch_size: int = typer.Option(16, "--batch-size"),
         input_size: int = typer.Option(None, "--input-size", help="Model input side in px [224; --quick 64]."),
         seed: int = typer.Option(0, "--seed"),
-        patience: int = typer.Option(5, "--patience", help="Early-stopping patience (epochs) on the inner validation AUC."),
+        patience: int = typer.Option(5, "--patience",
+                                     help="Early-stopping patience (epochs) on the inner validation AUC."),
         weights: str = typer.Option(None, "--weights",
                                     help="Local Keras no-top .h5: PATH (one backbone) or NAME=PATH,NAME=PATH. "
                                     "Without it, weights start from scratch (nothing is downloaded)."),
         include_controls: bool = typer.Option(False, "--include-controls", help="Add controls as label 0."),
         quick: bool = typer.Option(False, "--quick", help="Smoke run: 64 px, 1 epoch, 2 folds, <= 40 images."),
         max_images: int = typer.Option(None, "--max-images", help="Class-balanced patient subsample [--quick 40]."),
-        learning_rate: float = typer.Option(None, "--learning-rate", help="Adam [1e-3 from scratch, 1e-4 with weights]."),
+        learning_rate: float = typer.Option(None, "--learning-rate",
+                                            help="Adam [1e-3 from scratch, 1e-4 with weights]."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bars or log lines on the terminal."),
     ) -> None:
         """Train the backbones with patient-grouped CV, pick the best, save RUN/model.keras + reports."""
@@ -202,17 +205,17 @@ def _register_train(app: typer.Typer) -> None:
             report = train(cfg)
         except (TrainError, WeightsError, TrainExtraMissing) as exc:
             typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2)
+            raise typer.Exit(2) from exc
         except DatasetError as exc:
             typer.echo(f"error: dataset {dataset}: {exc}", err=True)
-            raise typer.Exit(2)
+            raise typer.Exit(2) from exc
         except KeyboardInterrupt:
             typer.echo(f"interrupted; finished folds are kept in {out}/folds (re-run the same command to resume)",
                        err=True)
-            raise typer.Exit(130)
-        except Exception as exc:  # never a traceback: the log file has it
+            raise typer.Exit(130) from None
+        except Exception as exc:  # noqa: BLE001 - never a traceback on the terminal: the log file has it
             typer.echo(f"error: training failed: {type(exc).__name__}: {exc} (details in {out}/train.log)", err=True)
-            raise typer.Exit(1)
+            raise typer.Exit(1) from exc
         sel = report["selected_backbone"]
         im = report["backbones"][sel]["pooled"]["image"]
         for name, res in report["backbones"].items():
@@ -242,7 +245,8 @@ def _register_nomogram(app: typer.Typer) -> None:
         predictors: str = typer.Option(",".join(DEFAULT_PREDICTORS), "--predictors",
                                        help=f"Comma-separated model predictors from: {', '.join(CANDIDATES)}; "
                                             "'significant' = those with univariable p < 0.05."),
-        bootstrap: int = typer.Option(200, "--bootstrap", help="Bootstrap resamples for internal validation (0 = none)."),
+        bootstrap: int = typer.Option(200, "--bootstrap",
+                                      help="Bootstrap resamples for internal validation (0 = none)."),
         seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
         backbone: str = typer.Option(None, "--backbone", help="Backbone whose OOF probabilities to use "
                                                                "(default: run.json selected_backbone)."),
@@ -280,7 +284,8 @@ def _register_nomogram(app: typer.Typer) -> None:
                        f"DeLong p = {rep['schoor_rule']['vs_nomogram']['p']:.3g}")
         if rep["validation"]:
             v = rep["validation"]["indexes"]
-            typer.echo(f"  bootstrap (B={rep['validation']['B_used']}): optimism-corrected C {v['C']['corrected']:.3f}, "
+            typer.echo(f"  bootstrap (B={rep['validation']['B_used']}): "
+                       f"optimism-corrected C {v['C']['corrected']:.3f}, "
                        f"slope {v['Slope']['corrected']:.3f}, Brier {v['Brier']['corrected']:.3f}")
         for note in rep["notes"]:
             typer.echo(f"  warning: {note}")
@@ -296,7 +301,8 @@ def _register_evaluate(app: typer.Typer) -> None:
         json_out: Path = typer.Option(None, "--json", help="Write the numbers to this JSON file."),
         dl_probs: Path = typer.Option(None, "--dl-probs", help="CSV image_id,prob with precomputed DL probabilities "
                                                                 "(skips running the network)."),
-        variant: str = typer.Option(None, "--variant", help="Bundle model variant (default: the bundle's CPU default)."),
+        variant: str = typer.Option(None, "--variant",
+                                    help="Bundle model variant (default: the bundle's CPU default)."),
     ):
         """Score a frozen model + nomogram on a new cohort (no refit; threshold carried over)."""
         from converters.dataset import DatasetError
@@ -335,7 +341,8 @@ def _register_convert(app: typer.Typer) -> None:
         calibration_size: int = typer.Option(200, help="int8 calibration ROIs (stratified by class, whole patients)."),
         seed: int = typer.Option(0, help="Seed of the calibration / held-out split."),
         synthetic_demo: bool = typer.Option(None, "--synthetic-demo/--no-synthetic-demo",
-                                            help="Flag the bundle as a synthetic demo (default: if the dataset is a phantom)."),
+                                            help="Flag the bundle as a synthetic demo "
+                                                 "(default: if the dataset is a phantom)."),
         max_fidelity_rois: int = typer.Option(None, help="Cap on held-out ROIs for the fidelity report."),
         int8_retry: bool = typer.Option(True, "--int8-retry/--no-int8-retry",
                                         help="If int8 misses a target, try per-tensor and more calibration data."),

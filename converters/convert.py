@@ -31,7 +31,13 @@ from converters import require_train_extra
 from converters.bundle_docs import code_version, model_card, readme
 from converters.errors import ConvertError
 from converters.fidelity import (
-    TARGETS_FIDELITY, auc_or_none, fidelity_metrics, meets_targets, nomogram_decisions, predict_keras, predict_onnx,
+    TARGETS_FIDELITY,
+    auc_or_none,
+    fidelity_metrics,
+    meets_targets,
+    nomogram_decisions,
+    predict_keras,
+    predict_onnx,
     predict_tflite,
 )
 from converters.fp16_weights import choose_fp16_keep
@@ -334,7 +340,8 @@ def convert(run_dir: str | Path, out_dir: str | Path, cfg: ConvertConfig | None 
     (out / "fidelity.json").write_text(json.dumps(fidelity_doc, indent=2) + "\n")
     times["total_s"] = time.perf_counter() - t0
     name = cfg.name or out.name
-    is_synthetic = (data.meta.get("source", {}).get("kind") == "phantom") if cfg.synthetic_demo is None else cfg.synthetic_demo
+    is_synthetic = ((data.meta.get("source", {}).get("kind") == "phantom") if cfg.synthetic_demo is None
+                    else cfg.synthetic_demo)
     defaults = {}
     if "cpu" in targets:
         defaults["cpu"] = "fp32"

@@ -44,8 +44,8 @@ def binary_metrics(y, prob) -> dict:
     cm = classification_metrics(y, prob, thr)
     if not math.isfinite(thr):  # constant predictions: "everything NOA" is the only cut-off
         out["note"] = "all probabilities equal: no finite threshold"
-    out.update(threshold=thr if math.isfinite(thr) else None, accuracy=cm["accuracy"]["value"], sensitivity=cm["sensitivity"]["value"],
-               specificity=cm["specificity"]["value"], table=cm["table"])
+    out.update(threshold=thr if math.isfinite(thr) else None, accuracy=cm["accuracy"]["value"],
+               sensitivity=cm["sensitivity"]["value"], specificity=cm["specificity"]["value"], table=cm["table"])
     return out
 
 
@@ -56,7 +56,7 @@ def patient_level(patient_ids, y, prob) -> tuple[list[str], np.ndarray, np.ndarr
     index = {p: i for i, p in enumerate(ids)}
     probs: list[list[float]] = [[] for _ in ids]
     labels = np.zeros(len(ids), dtype=int)
-    for p, yy, pr in zip(patient_ids, y, prob):
+    for p, yy, pr in zip(patient_ids, y, prob, strict=False):
         probs[index[p]].append(float(pr))
         labels[index[p]] = yy
     return ids, labels, np.array([patient_probability(ps) for ps in probs])
@@ -74,7 +74,7 @@ def write_oof(path: Path, backbones: list[str], results: dict, rows: list[dict])
         w.writerow(OOF_COLUMNS)
         for b in backbones:
             oof = results[b]["oof"]
-            for r, p, k in zip(rows, oof["prob"], oof["fold"]):
+            for r, p, k in zip(rows, oof["prob"], oof["fold"], strict=False):
                 w.writerow([r["image_id"], r["patient_id"], r["group"], r["label"], b, k, f"{p:.6f}"])
     os.replace(tmp, path)
 
@@ -96,7 +96,7 @@ def gradcam_overlays(run: Path, backbone: str, result: dict, rows: list[dict], r
     cams, bias = {}, {}
     for f in result["folds"]:
         with np.load(run / "folds" / backbone / f"fold{f['fold']}.npz") as z:
-            cams.update(zip(z["image_ids"].tolist(), z["cam"]))
+            cams.update(zip(z["image_ids"].tolist(), z["cam"], strict=False))
         bias[f["fold"]] = f["head_bias"]
     written = []
     for label, name in ((1, "NOA"), (0, "OA")):
@@ -199,7 +199,8 @@ def _curves_figure(name: str, res: dict) -> str:
         ep = np.arange(1, len(h.get("loss", [])) + 1)
         line, = axes[0].plot(ep, h.get("loss", []), marker="o", ms=2, label=f"fold {f['fold']} train")
         if "val_loss" in h:
-            axes[0].plot(ep, h["val_loss"], ls="--", marker="o", ms=2, color=line.get_color(), label=f"fold {f['fold']} val")
+            axes[0].plot(ep, h["val_loss"], ls="--", marker="o", ms=2, color=line.get_color(),
+                         label=f"fold {f['fold']} val")
             axes[0].axvline(f["best_epoch"], color=line.get_color(), lw=0.6, alpha=0.5)
         if "val_auc" in h:
             axes[1].plot(ep, h["val_auc"], marker="o", ms=2, color=line.get_color(), label=f"fold {f['fold']}")
@@ -244,8 +245,10 @@ def html_report(report: dict, run: Path, labels: np.ndarray, groups: np.ndarray)
                      f"<td>{fmt(im.get('sensitivity'))}</td><td>{fmt(im.get('specificity'))}</td>"
                      f"<td>{res['fold_wall_s']:.0f} s</td></tr>")
     parts.append("</table>")
-    parts.append(f"<img alt='ROC image level' src='data:image/png;base64,{_roc_figure(report, 'image', labels, groups)}'>")
-    parts.append(f"<img alt='ROC patient level' src='data:image/png;base64,{_roc_figure(report, 'patient', labels, groups)}'>")
+    parts.append("<img alt='ROC image level' "
+                 f"src='data:image/png;base64,{_roc_figure(report, 'image', labels, groups)}'>")
+    parts.append("<img alt='ROC patient level' "
+                 f"src='data:image/png;base64,{_roc_figure(report, 'patient', labels, groups)}'>")
     for name, res in report["backbones"].items():
         parts.append(f"<h2>{escape(name)}</h2>")
         for level in ("image", "patient"):

@@ -30,8 +30,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from converters.errors import ConvertersError
-from edge.clinical import VARIABLES
 from converters.image_files import ImageProblem, image_format, image_size, read_image_file  # noqa: F401 (re-exported)
+from edge.clinical import VARIABLES
 
 DATASET_JSON = "dataset.json"
 PATIENTS_CSV = "patients.csv"
@@ -334,7 +334,7 @@ def _read_csv(root: Path, name: str, expected: tuple[str, ...], findings: _Findi
             first = cells[header.index(expected[0])].strip() if len(cells) > header.index(expected[0]) else ""
             rows.append((line, {expected[0]: first}, False))
             continue
-        row = {col: cell.strip() for col, cell in zip(header, cells)}
+        row = {col: cell.strip() for col, cell in zip(header, cells, strict=False)}
         # an absent column reads as None: reported once above, not again on every row
         rows.append((line, {col: row.get(col) for col in expected}, True))
     return rows
@@ -480,7 +480,7 @@ def _load_images(root: Path, findings: _Findings, patient_lines: dict[str, int],
         _check_consistency(name, line, values, volume_k, findings)
         if len(findings.errors) == n_errors:
             images.append({"image_id": iid, "patient_id": pid, "side": side, "file": file,
-                           **dict(zip(ROI_COLUMNS, roi)), "roi": roi, **values})
+                           **dict(zip(ROI_COLUMNS, roi, strict=False)), "roi": roi, **values})
     if not rows:
         findings.error(name, None, None, "no image rows")
     return images
@@ -534,5 +534,5 @@ def _image_size_or_reason(path: Path) -> tuple[int, int] | str:
         return str(exc)
     except OSError as exc:
         return f"cannot read: {exc.strerror or exc}"
-    except Exception as exc:  # a broken file must become a problem, never a traceback
+    except Exception as exc:  # noqa: BLE001 - a broken file must become a problem, never a traceback
         return f"unreadable ({type(exc).__name__}: {exc})"

@@ -84,7 +84,7 @@ def score_images_with_keras(run_dir: Path, ds, rows: list[dict], progress: bool 
             prob = pred[names.index("prob")]
         else:
             prob = pred
-        for r, p in zip(chunk, np.asarray(prob).reshape(len(chunk), -1)[:, 0]):
+        for r, p in zip(chunk, np.asarray(prob).reshape(len(chunk), -1)[:, 0], strict=False):
             out[r["image_id"]] = float(p)
     return out
 

@@ -51,7 +51,7 @@ def predict_onnx(path: Path, x: np.ndarray):
     input_name = session.get_inputs()[0].name
     probs, cams = [], []
     for roi in x:
-        out = dict(zip(names, session.run(None, {input_name: roi[None]})))
+        out = dict(zip(names, session.run(None, {input_name: roi[None]}), strict=False))
         probs.append(float(out["prob"].reshape(-1)[0]))
         cams.append(out["cam"][0])
     return np.asarray(probs), np.asarray(cams, dtype=np.float32)
@@ -86,7 +86,7 @@ def fidelity_metrics(labels: np.ndarray, ref: tuple, var: tuple, decide) -> dict
     auc_ref = float(roc_auc_score(labels, p_ref)) if two_classes else None
     a, b = cam_ref.reshape(len(cam_ref), -1), cam_var.reshape(len(cam_var), -1)
     if a.shape[1] > 1:
-        rs = [_pearson(x, y) for x, y in zip(a, b)]
+        rs = [_pearson(x, y) for x, y in zip(a, b, strict=False)]
         rs = [r for r in rs if r is not None]
         cam_r = float(np.mean(rs)) if rs else None
     else:

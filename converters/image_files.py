@@ -109,7 +109,7 @@ def _dicom_size(path: Path) -> tuple[int, int]:
     try:
         # defer_size: read every element's header but leave big values (Pixel Data) on disk
         ds = pydicom.dcmread(path, defer_size=1024)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on malformed files; all mean unreadable
         raise ImageProblem(f"unreadable DICOM ({exc})") from None
     if "PixelData" not in ds:
         raise ImageProblem("DICOM has no Pixel Data (an SR or other non-image object?)")

@@ -128,7 +128,8 @@ def design(rows: list[dict], predictors: list[str]) -> tuple[np.ndarray, np.ndar
                 ok = False
         if ok:
             kept.append(r)
-    X = np.array([[_transformed(name, r) for name in predictors] for r in kept], float).reshape(len(kept), len(predictors))
+    X = np.array([[_transformed(name, r) for name in predictors] for r in kept], float)
+    X = X.reshape(len(kept), len(predictors))
     y = np.array([r["label"] for r in kept], int)
     return X, y, kept, missing
 
@@ -194,7 +195,8 @@ def fit_model(rows: list[dict], predictors: list[str]) -> ModelResult:
     try:
         fit = stats.fit_logistic(X, y, predictors)
     except stats.ModelInputError as exc:
-        raise NomogramInputError(f"cannot fit the model {' + '.join(predictors)} on {len(kept)} images: {exc}") from None
+        raise NomogramInputError(f"cannot fit the model {' + '.join(predictors)} on {len(kept)} images: "
+                                 f"{exc}") from None
     return ModelResult(predictors, fit, X, y, kept, missing)
 
 
@@ -203,7 +205,7 @@ def axis_limits(model: ModelResult) -> dict[str, tuple[float, float]]:
     (quantiles 10/n and 1 − 10/n, n >= 200), rounded outward to round numbers, inside the plausible
     range (DL probability: 0.01–0.99)."""
     out = {}
-    for j, name in enumerate(model.predictors):
+    for name in model.predictors:
         c = CANDIDATES[name]
         lo_r, hi_r = c["range"]
         raw = np.array([float(r[c["source"]]) for r in model.rows])
@@ -250,7 +252,8 @@ def analyse(run_dir: str | Path, dataset=None, predictors: list[str] | None = No
     ds = dataset if hasattr(dataset, "labelled_images") else load_dataset_for(run_dir, run, dataset)
     rows, flow = joined_rows(ds, dl_probs)
     if not rows:
-        raise NomogramInputError(f"no image of {ds.root} has an out-of-fold prediction in {run_dir}/oof_predictions.csv "
+        raise NomogramInputError(f"no image of {ds.root} has an out-of-fold prediction in "
+                                 f"{run_dir}/oof_predictions.csv "
                                  "(do the image_id values match?)")
     notes: list[str] = []
     uni = univariable(rows)
@@ -319,11 +322,13 @@ def analyse(run_dir: str | Path, dataset=None, predictors: list[str] | None = No
         "schema": "noa-edge.nomogram-report/1", "run": str(run_dir), "dataset": str(ds.root),
         "dataset_name": ds.meta.get("name"), "source_kind": (ds.meta.get("source") or {}).get("kind"),
         "synthetic_demo": (ds.meta.get("source") or {}).get("kind") == "phantom",
-        "backbone": chosen, "unit_of_analysis": "testis image (one ultrasound image of one testis; FSH is the patient's)",
+        "backbone": chosen,
+        "unit_of_analysis": "testis image (one ultrasound image of one testis; FSH is the patient's)",
         "missing_data": "complete case on the model's predictors",
         "flow": flow, "table1": table1, "univariable": uni, "univariable_significant": significant,
         "model": {"predictors": predictors, "labels": {p: CANDIDATES[p]["label"] for p in predictors},
-                  **model.fit.summary(), "epv": min(model.fit.events, model.fit.n - model.fit.events) / len(predictors)},
+                  **model.fit.summary(),
+                  "epv": min(model.fit.events, model.fit.n - model.fit.events) / len(predictors)},
         "nomogram": spec, "discrimination": discrimination, "labels": labels, "comparisons": comparisons,
         "schoor_rule": schoor, "performance": performance, "validation": validation, "decision_curve": dca,
         "notes": notes, "methods": METHODS,
@@ -345,11 +350,11 @@ METHODS = {
                   "patient stay together), indexes on the resample minus on the original data = optimism; corrected = "
                   "apparent - mean optimism. Calibration curves as rms::calibrate (lowess, bias-corrected).",
     "dca": "Net benefit = TP/n - FP/n x pt/(1-pt) over threshold probabilities (Vickers & Elkin 2006).",
-    "table1": "Patient-level variables per patient, testis variables per image. Continuous: Shapiro-Wilk in every group "
-              "-> Welch t / ANOVA, else Mann-Whitney U / Kruskal-Wallis. Categorical: chi-squared, Fisher exact for 2x2 "
-              "with expected counts < 5.",
-    "clustering": "The two testes of a patient are correlated; DeLong CIs treat images as independent (slightly narrow); "
-                  "the bootstrap resamples patients.",
+    "table1": "Patient-level variables per patient, testis variables per image. Continuous: Shapiro-Wilk in every "
+              "group -> Welch t / ANOVA, else Mann-Whitney U / Kruskal-Wallis. Categorical: chi-squared, Fisher exact "
+              "for 2x2 with expected counts < 5.",
+    "clustering": "The two testes of a patient are correlated; DeLong CIs treat images as independent (slightly "
+                  "narrow); the bootstrap resamples patients.",
 }
 
 

@@ -31,7 +31,7 @@ def draw_nomogram(nomo: Nomogram, path_png: Path, path_svg: Path) -> None:
         else:
             x0, x1 = (min(xs), max(xs)) if xs else (0, 0)
         ax.plot([x0, x1], [yv, yv], color="black", lw=1)
-        for x, (_, text) in zip(xs, row["ticks"]):
+        for x, (_, text) in zip(xs, row["ticks"], strict=False):
             ax.plot([x, x], [yv, yv + 0.12], color="black", lw=0.8)
             ax.text(x, yv + 0.17, text, ha="center", va="bottom", fontsize=7)
         ax.text(-3, yv, row["label"], ha="right", va="center", fontsize=8.5, fontweight="bold")

@@ -11,9 +11,11 @@ from html import escape
 from pathlib import Path
 
 CSS = """
-body{font-family:'DejaVu Sans',Arial,sans-serif;max-width:1000px;margin:24px auto;padding:0 16px;color:#222;font-size:14px}
+body{font-family:'DejaVu Sans',Arial,sans-serif;max-width:1000px;margin:24px auto;\
+padding:0 16px;color:#222;font-size:14px}
 h1{font-size:22px}h2{font-size:18px;border-bottom:1px solid #ccc;padding-bottom:4px;margin-top:32px}h3{font-size:15px}
-table{border-collapse:collapse;margin:8px 0 16px;font-size:12.5px}th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
+table{border-collapse:collapse;margin:8px 0 16px;font-size:12.5px}\
+th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
 th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}
 .banner{background:#b00020;color:#fff;font-weight:bold;padding:10px 14px;font-size:16px;text-align:center}
 .note{background:#fff6d6;border-left:4px solid #e0b400;padding:6px 10px;margin:6px 0}
@@ -87,7 +89,8 @@ def render(rep: dict, figures: dict[str, Path]) -> str:
         ["Analysed", str(fl["analysed_patients"]), f"{fl['analysed_images']} ({fl['analysed_events']} NOA)"],
     ]))
     miss = ", ".join(f"{escape(k)} {v}" for k, v in fl["missing_by_predictor"].items())
-    out.append(f"<p class='method'>Missing values among OA/NOA images with a DL prediction, per model predictor: {miss}.</p>")
+    out.append("<p class='method'>Missing values among OA/NOA images with a DL prediction, per model predictor: "
+               f"{miss}.</p>")
 
     # 2. characteristics
     t1 = rep["table1"]
@@ -104,7 +107,8 @@ def render(rep: dict, figures: dict[str, Path]) -> str:
                        f"{_p(r['p_oa_vs_noa'])}<br><small>{escape(str(r['test_oa_vs_noa'] or ''))}</small>"])
     for c in t1["categorical"]:
         rows.append([escape(c["label"])] + [", ".join(f"{k}: {v}" for k, v in c["counts"].get(gr, {}).items())
-                                            for gr in groups] + [f"{_p(c['p'])}<br><small>{escape(str(c['test']))}</small>", ""])
+                                            for gr in groups]
+                    + [f"{_p(c['p'])}<br><small>{escape(str(c['test']))}</small>", ""])
     out.append(_table(head, rows))
     out.append(f"<p class='method'>Cells: mean ± SD, then median [IQR]. {escape(rep['methods']['table1'])}</p>")
 
@@ -114,7 +118,8 @@ def render(rep: dict, figures: dict[str, Path]) -> str:
     rows = []
     for u in rep["univariable"]:
         if "error" in u:
-            rows.append([escape(u["label"]), str(u["n"]), str(u["missing"]), f"not estimable: {escape(u['error'])}", "", "", ""])
+            rows.append([escape(u["label"]), str(u["n"]), str(u["missing"]), f"not estimable: {escape(u['error'])}",
+                         "", "", ""])
         else:
             rows.append([escape(u["label"]), str(u["n"]), str(u["missing"]), _f(u["odds_ratio"]), _ci(u["or_ci"]),
                          _p(u["p"]), _f(u.get("auc"))])
@@ -122,14 +127,15 @@ def render(rep: dict, figures: dict[str, Path]) -> str:
     out.append("<p class='method'>OR per unit of the variable (DL probability: per unit of its logit). "
                f"Univariable p &lt; 0.05: {escape(', '.join(rep['univariable_significant']) or 'none')}.</p>")
     out.append("<h3>Multivariable model (the nomogram)</h3>")
-    rows = [[escape(c["name"]), _f(c["coef"], 4), _f(c["se"], 4), _f(c.get("odds_ratio")), _ci(c.get("or_ci")), _p(c["p"])]
-            for c in m["coefficients"]]
+    rows = [[escape(c["name"]), _f(c["coef"], 4), _f(c["se"], 4), _f(c.get("odds_ratio")), _ci(c.get("or_ci")),
+             _p(c["p"])] for c in m["coefficients"]]
     out.append(_table(["Term", "β", "SE", "OR", "95% CI", "Wald p"], rows))
     out.append(f"<p>n = {m['n']} images, {m['events']} NOA; likelihood-ratio χ² = {m['lr_chi2']:.2f} on {m['df']} df "
                f"(p {_p(m['lr_p'])}); events per variable {m['epv']:.1f}.</p>")
     terms = " + ".join(f"{c['coef']:.4f}·{escape(c['name'])}" for c in m["coefficients"][1:])
     out.append(f"<p>Linear predictor = {m['coefficients'][0]['coef']:.4f} + {terms}; dl_logit = ln(p/(1−p)) of the DL "
-               f"probability; probability = 1/(1+e<sup>−lp</sup>).</p><p class='method'>{escape(rep['methods']['model'])}</p>")
+               "probability; probability = 1/(1+e<sup>−lp</sup>).</p>"
+               f"<p class='method'>{escape(rep['methods']['model'])}</p>")
 
     # 4. performance
     out.append("<h2>4. Performance</h2><h3>Discrimination</h3>")
@@ -141,7 +147,8 @@ def render(rep: dict, figures: dict[str, Path]) -> str:
         rows.append([f"Schoor 2002 rule ({escape(sch['rule'])}); n = {sch['n_images']}", _f(sch["auc"]["auc"]),
                      _ci(sch["auc"]["ci"]), _p(sch["vs_nomogram"]["p"])])
     out.append(_table(["Model", "AUC", "95% CI (DeLong)", "p vs nomogram (paired DeLong)"], rows))
-    out.append(f"<p class='method'>{escape(rep['methods']['auc'])} Apparent performance on the development data: the DL "
+    out.append(f"<p class='method'>{escape(rep['methods']['auc'])} Apparent performance on the development data: "
+               "the DL "
                f"probability is out-of-fold, the logistic models are fitted and assessed on the same images — see the "
                f"bootstrap below for optimism. {escape(rep['methods']['clustering'])}</p>")
     if "roc_png" in figures:
@@ -158,11 +165,13 @@ def render(rep: dict, figures: dict[str, Path]) -> str:
     out.append(f"<p class='method'>{escape(rep['methods']['threshold'])} {escape(rep['methods']['proportions'])}</p>")
     v = rep.get("validation")
     if v:
-        out.append(f"<h3>Internal validation (bootstrap, B = {v['B']}, {v['B_used']} used; resampling {escape(v['resampling'])})</h3>")
-        rows = [[k, _f(x["apparent"], 4), _f(x["training"], 4), _f(x["test"], 4), _f(x["optimism"], 4), _f(x["corrected"], 4)]
-                for k, x in v["indexes"].items()]
+        out.append(f"<h3>Internal validation (bootstrap, B = {v['B']}, {v['B_used']} used; "
+                   f"resampling {escape(v['resampling'])})</h3>")
+        rows = [[k, _f(x["apparent"], 4), _f(x["training"], 4), _f(x["test"], 4), _f(x["optimism"], 4),
+                 _f(x["corrected"], 4)] for k, x in v["indexes"].items()]
         out.append(_table(["Index", "Apparent", "Training", "Test", "Optimism", "Corrected"], rows))
-        out.append(f"<p class='method'>{escape(rep['methods']['validation'])} C = 0.5 + Dxy/2; Brier = mean squared error "
+        out.append(f"<p class='method'>{escape(rep['methods']['validation'])} C = 0.5 + Dxy/2; "
+                   "Brier = mean squared error "
                    f"of the predicted probability; perfect calibration: intercept 0, slope 1.</p>")
         if "calibration_png" in figures:
             out.append(_img(figures["calibration_png"], "calibration curves"))
@@ -176,16 +185,18 @@ def render(rep: dict, figures: dict[str, Path]) -> str:
     out.append("<h2>5. How to use the nomogram</h2>")
     if "nomogram_png" in figures:
         out.append(_img(figures["nomogram_png"], "nomogram"))
-    rows = [[escape(p["label"]), escape(p["unit"] or "–"), escape(p["transform"]), f"{p['range'][0]:g}–{p['range'][1]:g}"]
-            for p in nomo["predictors"]]
+    rows = [[escape(p["label"]), escape(p["unit"] or "–"), escape(p["transform"]),
+             f"{p['range'][0]:g}–{p['range'][1]:g}"] for p in nomo["predictors"]]
     out.append("<ol><li>Image one testis and draw its ROI; the device gives the DL probability for that image.</li>"
                "<li>For each predictor, find the value on its axis and read the points on the top <i>Points</i> axis "
                "(DL probability uses the probability of that image; testicular volume and EDV of the same testis; FSH "
                "of the patient).</li><li>Add the points; find the sum on <i>Total points</i> and read the probability "
-               f"of NOA below it.</li><li>Probability ≥ {nomo['threshold']:.3f} → NOA, otherwise OA (threshold fixed on the "
+               "of NOA below it.</li>"
+               f"<li>Probability ≥ {nomo['threshold']:.3f} → NOA, otherwise OA (threshold fixed on the "
                "development data).</li></ol>")
     out.append(_table(["Predictor", "Unit", "Transform", "Accepted range"], rows))
-    out.append(f"<p class='method'>Points: {nomo['points']['scale_per_unit_lp']:.3f} points per unit of linear predictor "
+    out.append(f"<p class='method'>Points: {nomo['points']['scale_per_unit_lp']:.3f} points per unit of "
+               "linear predictor "
                "(the widest-ranging predictor spans 0–100, as rms::nomogram). The device uses RUN/nomogram.json and "
                "refuses values outside the accepted range.</p>")
     out.append("</body></html>")

@@ -19,7 +19,13 @@ from pathlib import Path
 
 from converters.errors import PhantomError
 from converters.phantom import (
-    CLINICAL_PARAMETERS, DEFAULT_IMAGE_SIGNAL, EXTERNAL_FRACTION_NOA, SCANNERS, Cohort, render_image, sample_cohort,
+    CLINICAL_PARAMETERS,
+    DEFAULT_IMAGE_SIGNAL,
+    EXTERNAL_FRACTION_NOA,
+    SCANNERS,
+    Cohort,
+    render_image,
+    sample_cohort,
 )
 
 PATIENT_COLUMNS = ["patient_id", "group", "age", "fsh", "lh", "testosterone", "inhibin_b"]

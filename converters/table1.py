@@ -47,7 +47,8 @@ def compare_continuous(groups: dict[str, list]) -> dict:
         normal = _is_normal(arrays)
         try:
             if len(arrays) == 2:
-                r = sps.ttest_ind(*arrays, equal_var=False) if normal else sps.mannwhitneyu(*arrays, alternative="two-sided")
+                r = (sps.ttest_ind(*arrays, equal_var=False) if normal
+                     else sps.mannwhitneyu(*arrays, alternative="two-sided"))
                 res["test"] = "Welch t-test" if normal else "Mann-Whitney U"
             else:
                 r = sps.f_oneway(*arrays) if normal else sps.kruskal(*arrays)
@@ -66,7 +67,8 @@ def compare_categorical(groups: dict[str, list]) -> dict:
     levels = sorted({x for vals in groups.values() for x in vals if x is not None})
     table = np.array([[sum(1 for x in vals if x == lev) for lev in levels] for vals in groups.values()])
     missing = {g: sum(1 for x in vals if x is None) for g, vals in groups.items()}
-    res = {"levels": levels, "counts": {g: dict(zip(levels, map(int, row))) for g, row in zip(groups, table)},
+    counts = {g: dict(zip(levels, map(int, row), strict=False)) for g, row in zip(groups, table, strict=False)}
+    res = {"levels": levels, "counts": counts,
            "missing": missing, "test": None, "p": None}
     keep_r, keep_c = table.sum(1) > 0, table.sum(0) > 0
     t = table[keep_r][:, keep_c]

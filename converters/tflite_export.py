@@ -93,7 +93,8 @@ def finalize_tflite(buf: bytes, raw_pixel_input: bool) -> tuple[bytes, dict]:
         rank = len(graph.tensors[index].shape)
         names[index] = "prob" if rank == 2 else "cam"
     if sorted(names.values()) != ["cam", "prob"]:
-        raise ConvertError(f"cannot tell prob from cam by shape: {[list(graph.tensors[i].shape) for i in graph.outputs]}")
+        shapes = [list(graph.tensors[i].shape) for i in graph.outputs]
+        raise ConvertError(f"cannot tell prob from cam by shape: {shapes}")
     for index, name in names.items():
         graph.tensors[index].name = name
     graph.tensors[graph.inputs[0]].name = "image"

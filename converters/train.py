@@ -276,7 +276,7 @@ def _train(cfg, ds, rows, labels, groups, fold_of, run, log, t_start, tqdm) -> d
                              + ", ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in diff.items())
                              + "); use a new --out directory or delete this one")
     sha = _settings_sha({k: v for k, v in settings.items() if k != "weights_sha256"})
-    n_pat = {y: len({g for g, l in zip(groups, labels) if l == y}) for y in (0, 1)}
+    n_pat = {y: len({g for g, lab in zip(groups, labels, strict=False) if lab == y}) for y in (0, 1)}
     log.info("cohort: %d images (%d NOA, %d OA) from %d patients (%d NOA, %d OA); %d folds by patient",
              len(rows), labels.sum(), len(labels) - labels.sum(), n_pat[0] + n_pat[1], n_pat[1], n_pat[0], cfg.folds)
 
@@ -381,7 +381,7 @@ def _run_fold(trainer: BackboneTrainer, cfg: TrainConfig, k: int, labels, groups
             "val_patients": sorted(set(groups[val].tolist())), "test_patients": sorted(set(groups[test].tolist())),
             "head_bias": trainer.head_bias(), "learning_rate": trainer.learning_rate, "metrics": metrics,
             "wall_s": round(wall, 1),
-            "predictions": [{"image_id": image_ids[i], "prob": float(p)} for i, p in zip(test, prob)],
+            "predictions": [{"image_id": image_ids[i], "prob": float(p)} for i, p in zip(test, prob, strict=False)],
             "_cams": cam.astype(np.float32)}
 
 

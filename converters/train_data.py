@@ -36,7 +36,8 @@ def dataset_sha256(ds) -> str:
 def select_images(ds, include_controls: bool, max_images: int | None, seed: int) -> list[dict]:
     """Labelled images for the task; a reproducible class-balanced patient subsample if max_images."""
     rows = ds.labelled_images(include_controls=include_controls)
-    what = "NOA, OA or control" if include_controls else "NOA or OA (controls are excluded; --include-controls adds them as 0)"
+    what = ("NOA, OA or control" if include_controls
+            else "NOA or OA (controls are excluded; --include-controls adds them as 0)")
     if not rows:
         raise TrainError(f"{ds.root}: no {what} images to train on")
     n_pos = sum(r["label"] for r in rows)
@@ -70,7 +71,7 @@ def make_folds(labels: np.ndarray, groups: np.ndarray, n_folds: int, seed: int) 
     from sklearn.model_selection import StratifiedGroupKFold
 
     patient_label = {}
-    for g, y in zip(groups, labels):
+    for g, y in zip(groups, labels, strict=False):
         if patient_label.setdefault(g, y) != y:
             raise TrainError(f"patient {g!r} has images with different labels")
     n_pos = sum(1 for y in patient_label.values() if y == 1)
@@ -135,7 +136,7 @@ def load_rois(ds, rows: list[dict], size: int, cache_dir: Path, dataset_sha: str
     cached: dict[str, np.ndarray] = {}
     if path.is_file():
         with np.load(path) as z:
-            cached = dict(zip(z["image_ids"].tolist(), z["rois"]))
+            cached = dict(zip(z["image_ids"].tolist(), z["rois"], strict=False))
     missing = [r for r in rows if r["image_id"] not in cached]
     if missing:
         by_file: dict[str, list[dict]] = {}

@@ -8,7 +8,6 @@ builds on a Daemon; nothing here knows about HTTP.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import threading
@@ -22,7 +21,7 @@ import psutil
 from .capture import FrameGrabber, FreezeDetector, SourceError, decode_still, open_source
 from .decode_limits import DecodeLimits, set_limits
 from .dicom_io import DicomConfigError, parse_pacs
-from .dicom_scp import ScpAccess, check_access
+from .dicom_scp import ScpAccess, check_access, is_loopback_host
 from .errors import EdgeError
 from .held_frames import TRIGGERS, HeldFrame, HeldFrames
 from .imaging import decode_upload
@@ -48,15 +47,6 @@ def resolve_bundle(bundle: str | Path) -> Path:
         return path
     alt = HERE.parent / path
     return alt if alt.is_dir() else path
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass
@@ -94,7 +84,7 @@ class ConfigError(EdgeError, ValueError):
 
 
 def check_config(cfg: DaemonConfig) -> None:
-    if not is_loopback(cfg.host) and not cfg.token:
+    if not is_loopback_host(cfg.host) and not cfg.token:
         raise ConfigError(f"--host {cfg.host} is reachable from the network: pass --token SECRET "
                           "(checked on every request) or bind 127.0.0.1")
     if cfg.token is not None and len(cfg.token) < 8:

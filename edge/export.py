@@ -27,6 +27,7 @@ import logging
 import socket
 import uuid as uuid_mod
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -155,7 +156,8 @@ def report_image(exam: Exam) -> Image.Image:
     draw.text((MARGIN, y), f"exam {exam_id}   {words['created_local']}{who}{side}", font=f_text, fill=(60, 60, 60))
     y += 44
 
-    banners = [(UNVERIFIED.upper(), (255, 236, 179), (120, 70, 0))]
+    banners: list[tuple[str, tuple[int, int, int], tuple[int, int, int] | str]] = [
+        (UNVERIFIED.upper(), (255, 236, 179), (120, 70, 0))]
     if bundle.get("synthetic_demo"):
         banners.insert(0, (SYNTHETIC.upper(), (198, 40, 40), "white"))
     for text, bg, fg in banners:
@@ -378,8 +380,9 @@ def overlay_on_frame(exam: Exam) -> Image.Image:
         ImageDraw.Draw(frame).rectangle([x, y, x + w - 1, y + h - 1], outline=(255, 214, 0), width=2)
     synthetic = bool((exam.get("bundle") or {}).get("synthetic_demo"))
     text = f"noa-edge {exam.get('label', '')} - {UNVERIFIED}" + (f". {SYNTHETIC}" if synthetic else "")
-    font = _font(max(11, frame.width // 45))
-    line_h = int(font.size * 1.3)
+    size = max(11, frame.width // 45)
+    font = _font(size)
+    line_h = int(size * 1.3)  # font.size: _font(size) is a FreeTypeFont of that size
     lines = _wrap(ImageDraw.Draw(frame), text, font, frame.width - 12)
     strip_h = line_h * len(lines) + 8
     out = Image.new("RGB", (frame.width, frame.height + strip_h), "black")
@@ -460,11 +463,12 @@ def structured_report(exam: Exam) -> Dataset:
               + (f" {SYNTHETIC}: the model was trained on phantom data." if synthetic else "")),
         _num(_local("DLPROB", "Deep learning probability of NOA"), exam["dl_probability"], ratio),
     ]
-    if exam.get("nomogram_probability") is None:
+    nomogram_probability = exam.get("nomogram_probability")
+    if nomogram_probability is None:
         items.append(_text(_local("NOMOPROB", "Nomogram probability of NOA"),
                            "not computed: clinical values missing; the DL result is shown alone"))
     else:
-        items.append(_num(_local("NOMOPROB", "Nomogram probability of NOA"), exam["nomogram_probability"], ratio))
+        items.append(_num(_local("NOMOPROB", "Nomogram probability of NOA"), nomogram_probability, ratio))
     if exam.get("threshold") is not None:
         items.append(_num(_local("THRESH", "Decision threshold"), exam["threshold"], ratio))
     label = str(exam.get("label", ""))
@@ -537,7 +541,8 @@ def push_to_pacs(datasets: list[Dataset], pacs: str, calling_ae: str = "NOAEDGE"
     results = []
     try:
         for ds in datasets:
-            entry = {"sop_instance_uid": str(ds.SOPInstanceUID), "sop_class_uid": str(ds.SOPClassUID)}
+            entry: dict[str, Any] = {"sop_instance_uid": str(ds.SOPInstanceUID),
+                                     "sop_class_uid": str(ds.SOPClassUID)}
             try:
                 status = assoc.send_c_store(ds)
                 code = int(status.Status) if status is not None and "Status" in status else -1

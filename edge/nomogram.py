@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Any, SupportsFloat, SupportsIndex
 from xml.sax.saxutils import escape
 
 import numpy as np
@@ -164,10 +165,10 @@ class Nomogram:
         # lp when every predictor sits at its 0-points value: total points → lp = lp0 + total / scale
         self.lp_at_zero_points = self.intercept + sum(
             p.coef * float(transform(p.transform, a.min)) - a.points_min / self.scale
-            for p, a in zip(self.predictors, self.axes))
+            for p, a in zip(self.predictors, self.axes, strict=True))
 
     @classmethod
-    def load(cls, path: str | Path, **kw) -> "Nomogram":
+    def load(cls, path: str | Path, **kw) -> Nomogram:
         path = Path(path)
         try:
             spec = json.loads(path.read_text())
@@ -196,6 +197,8 @@ class Nomogram:
                 problems.append(f"{p.label} ({p.source}) is missing")
                 continue
             try:
+                if not isinstance(raw, (str, bytes, bytearray, memoryview, SupportsFloat, SupportsIndex)):
+                    raise TypeError  # what float() would raise: reported as not a number below
                 x = float(raw)
             except (TypeError, ValueError):
                 problems.append(f"{p.label} ({p.source}) = {raw!r} is not a number")
@@ -226,7 +229,7 @@ class Nomogram:
         clean, notes = self.check_inputs(values)
         lp = self.intercept
         points = {}
-        for p, a in zip(self.predictors, self.axes):
+        for p, a in zip(self.predictors, self.axes, strict=True):
             lp += p.coef * float(transform(p.transform, clean[p.source]))
             points[p.name] = self.points_of(p, a, clean[p.source])
         prob = float(1 / (1 + math.exp(-lp))) if lp > -700 else 0.0
@@ -243,9 +246,10 @@ class Nomogram:
         """Geometry shared by the host figure and the device SVG: every row's ticks in points.
 
         rows: [{"label", "kind": points|predictor|total|probability, "ticks": [(points, text)], "max_points"}]"""
-        rows = [{"label": "Points", "kind": "points", "ticks": [(float(v), f"{v:g}") for v in range(0, 101, 10)]}]
+        rows: list[dict[str, Any]] = [
+            {"label": "Points", "kind": "points", "ticks": [(float(v), f"{v:g}") for v in range(0, 101, 10)]}]
         total_max = 0.0
-        for p, a in zip(self.predictors, self.axes):
+        for p, a in zip(self.predictors, self.axes, strict=True):
             if p.transform == "logit":
                 values = [v for v in PROBABILITY_TICKS if a.min - 1e-12 <= v <= a.max + 1e-12]
             elif p.transform == "log":
@@ -301,7 +305,7 @@ class Nomogram:
             out.append(f'<text x="{label_w - 10}" y="{y + 4}" text-anchor="end" font-weight="bold">'
                        f'{escape(row["label"])}</text>')
             out.append(f'<line x1="{x0:.2f}" y1="{y}" x2="{x1:.2f}" y2="{y}" stroke="black" stroke-width="1"/>')
-            for (tp, text), x in zip(row["ticks"], xs):
+            for (_, text), x in zip(row["ticks"], xs, strict=True):
                 out.append(f'<line x1="{x:.2f}" y1="{y}" x2="{x:.2f}" y2="{y - 5}" stroke="black"/>'
                            f'<text x="{x:.2f}" y="{y - 8}" text-anchor="middle">{escape(text)}</text>')
         if result:
@@ -315,13 +319,15 @@ class Nomogram:
                            f'<text x="{x + 6:.2f}" y="{y + 14}" fill="{mark}">{pts:.0f} pts</text>')
             xt = x_of(min(max(result["total_points"], 0.0), total_max), "total")
             y_t, y_p = y_of["total"], y_of["probability"]
-            out.append(f'<line x1="{xt:.2f}" y1="{y_t}" x2="{xt:.2f}" y2="{y_p}" stroke="{mark}" stroke-dasharray="3,3"/>'
+            out.append(f'<line x1="{xt:.2f}" y1="{y_t}" x2="{xt:.2f}" y2="{y_p}" stroke="{mark}" '
+                       f'stroke-dasharray="3,3"/>'
                        f'<circle cx="{xt:.2f}" cy="{y_t}" r="4" fill="{mark}"/>'
                        f'<circle cx="{xt:.2f}" cy="{y_p}" r="4" fill="{mark}"/>')
             pr_text, thr_text = pair_texts(result["probability"], self.threshold)  # "> 99 %", never "1.000"
             summary = (f'Total {result["total_points"]:.0f} points → probability {pr_text} '
                        f'→ {result["label"]} (threshold {thr_text})')
-            out.append(f'<text x="{label_w}" y="{height - 10}" fill="{mark}" font-weight="bold">{escape(summary)}</text>')
+            out.append(f'<text x="{label_w}" y="{height - 10}" fill="{mark}" font-weight="bold">'
+                       f'{escape(summary)}</text>')
         out.append("</svg>")
         return "\n".join(out)
 

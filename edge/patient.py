@@ -75,7 +75,7 @@ class Context:
 class PatientContext:
     """The one open context of the cart (thread-safe; replaced whole, never half-updated)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._ctx: Context | None = None
         self._lock = threading.Lock()
 

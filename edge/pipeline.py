@@ -22,6 +22,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -197,8 +198,8 @@ class Analyzer:
     def _score(self, prob: float, clinical: dict) -> dict:
         needed = [p.source for p in self.nomogram.predictors if p.source != "dl_probability"] if self.nomogram else []
         missing = [s for s in needed if s not in clinical]
-        out = {"dl_probability": prob, "nomogram_probability": None, "points": {}, "total_points": None,
-               "linear_predictor": None, "notes": []}
+        out: dict[str, Any] = {"dl_probability": prob, "nomogram_probability": None, "points": {},
+                               "total_points": None, "linear_predictor": None, "notes": []}
         if self.nomogram is not None and not missing:
             values = {s: clinical[s] for s in needed}
             values["dl_probability"] = prob

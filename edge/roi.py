@@ -10,10 +10,13 @@ drag the ROI on the page; the ROI actually used is stored with the exam.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
 
 Box = tuple[int, int, int, int]
+RotatedRect = tuple[Sequence[float], Sequence[float], float]  # cv2.fitEllipse: (centre, axes, angle)
 
 
 def _gray(image_rgb: np.ndarray) -> np.ndarray:
@@ -41,7 +44,7 @@ def find_image_area(image_rgb: np.ndarray) -> Box:
     scale = 400.0 / max(H, W) if max(H, W) > 400 else 1.0
     small = cv2.resize(gray, (round(W * scale), round(H * scale)), interpolation=cv2.INTER_AREA) if scale < 1 else gray
     blur = cv2.blur(small, (7, 7))
-    mask = (blur > max(10, _percentile_u8(blur, 5) + 6)).astype(np.uint8)
+    mask: np.ndarray = (blur > max(10, _percentile_u8(blur, 5) + 6)).astype(np.uint8)
     k = max(5, round(min(small.shape) / 25)) | 1  # wider than text strokes and scale ticks
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
     mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
@@ -146,11 +149,12 @@ def _best_ellipse(smooth: np.ndarray):
         return None
     tophat = cv2.morphologyEx(smooth, cv2.MORPH_TOPHAT, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (11, 11)))
     level = _percentile_u8(tophat[field], 93)
-    rim = ((tophat >= level) & field).astype(np.uint8)
+    rim: np.ndarray = ((tophat >= level) & field).astype(np.uint8)
     rim = cv2.morphologyEx(rim, cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))
     near_rim = cv2.dilate(rim, np.ones((5, 5), np.uint8)) > 0
     n, labels, stats, _ = cv2.connectedComponentsWithStats(rim, connectivity=8)
     best, best_score = None, 0.0
+    ellipse: RotatedRect | None  # None once refinement gives up on a candidate
     for i in (np.argsort(-stats[1:, cv2.CC_STAT_AREA])[:12] + 1):
         if stats[i, cv2.CC_STAT_AREA] < 30:
             continue
@@ -171,7 +175,7 @@ def _best_ellipse(smooth: np.ndarray):
         if ellipse is None or not _plausible(ellipse, w, h):
             continue
         (cx, cy), (d1, d2), angle = ellipse
-        poly = cv2.ellipse2Poly((int(cx), int(cy)), (int(d1 / 2), int(d2 / 2)), int(angle), 0, 360, 3)
+        poly = np.asarray(cv2.ellipse2Poly((int(cx), int(cy)), (int(d1 / 2), int(d2 / 2)), int(angle), 0, 360, 3))
         xs, ys = poly[:, 0], poly[:, 1]
         keep = (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
         xs, ys = xs[keep], ys[keep]

@@ -21,6 +21,7 @@ import platform
 from pathlib import Path
 
 import numpy as np
+
 from edge.errors import EdgeError
 
 RUNTIMES = ("ai_edge_litert", "tflite_runtime", "tensorflow")
@@ -187,6 +188,7 @@ class ModelRunner:
 
     def _quantize_input(self, roi: np.ndarray) -> None:
         buf, fbuf = self._in_buf, self._float_buf
+        assert buf is not None and fbuf is not None  # allocated whenever the input is not fed raw
         if np.issubdtype(self.input_dtype, np.floating):
             np.copyto(buf[0], roi, casting="unsafe")
             return

@@ -54,6 +54,7 @@ RECOMPRESS_IDLE_S = 2.0  # quiet time before uncompressed frames are recompresse
 MAX_ID = 2**63 - 1  # SQLite's INTEGER range: ids and offsets beyond it are refused, never an OverflowError
 CONVERT_VACUUM_MAX_BYTES = 256 * 2**20  # an older database up to this size is VACUUMed once to incremental mode
 VACUUM_EVERY = 16  # recompressed frames between two incremental vacuums (and once the queue is empty)
+_SQLITE_FULL = 13  # SQLite's result code; the sqlite3.SQLITE_FULL constant only exists from Python 3.11
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS exams (
@@ -143,9 +144,10 @@ class ExamStore:
     def storage_status(self) -> dict:
         """Free space, the watermark and whether writes are refused now (low space or SQLite full)."""
         free = self.free_bytes()
-        low = free is not None and free < self.min_free_bytes
-        problem = (f"free space {free / 1e6:.0f} MB is under the {self.min_free_bytes / 1e6:.0f} MB watermark"
-                   if low else self.full_error)
+        if free is not None and free < self.min_free_bytes:
+            problem = f"free space {free / 1e6:.0f} MB is under the {self.min_free_bytes / 1e6:.0f} MB watermark"
+        else:
+            problem = self.full_error
         return {"free_bytes": free, "min_free_bytes": self.min_free_bytes, "ok": not problem,
                 "problem": problem, "db_bytes": self.db_bytes()}
 
@@ -270,16 +272,18 @@ class ExamStore:
             except sqlite3.Error as exc:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
-                if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(exc):
+                if getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL or "disk is full" in str(exc):
                     self.full_error = f"the exam database could not grow ({exc})"
                     raise StoreFullError(f"exam not stored: {exc}; free disk space or move --data-dir") from exc
                 raise StoreError(f"exam not stored: {exc}") from exc
             self._last_write = time.monotonic()
             self.full_error = ""
+        exam_id = cur.lastrowid
+        assert exam_id is not None  # set by the INSERT just committed
         if recompress_frame:
-            self._pending.append(cur.lastrowid)
+            self._pending.append(exam_id)
         self._work.set()
-        return {"id": cur.lastrowid, **exam}
+        return {"id": exam_id, **exam}
 
     def get_exam(self, exam_id: int, with_images: bool = False) -> Exam | None:
         """The exam dict (as stored) plus `id`; with_images adds frame_png/overlay_png bytes (the ROI image
@@ -293,7 +297,7 @@ class ExamStore:
             return None
         exam = Exam(id=row[0], **json.loads(row[1]))
         if with_images:
-            exam.update(frame_png=bytes(row[2]), overlay_png=bytes(row[3]))
+            exam["frame_png"], exam["overlay_png"] = bytes(row[2]), bytes(row[3])
         return exam
 
     def list_exams(self, limit: int = 50, offset: int = 0, *, patient_id: str | None = None,
@@ -344,7 +348,8 @@ class ExamStore:
 def _filters(patient_id: str | None, since_id: int | None, day: date | None) -> tuple[str, list]:
     """SQL WHERE clause + parameters for list_exams/count. `day` is a local calendar day: its UTC range
     (created is stored in UTC), so "today" on the cart means the cart's today."""
-    clauses, params = [], []
+    clauses: list[str] = []
+    params: list[str | int] = []
     if patient_id is not None:
         clauses.append("patient_id = ?")
         params.append(str(patient_id))

@@ -102,7 +102,7 @@ class DaemonProcess:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(self.args, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env)
 
-    def wait_ready(self, timeout: float = 90.0) -> "DaemonProcess":
+    def wait_ready(self, timeout: float = 90.0) -> DaemonProcess:
         import time
 
         import httpx
@@ -139,3 +139,15 @@ def demo_cine() -> Path:
     from edge.capture import demo_cine_path
 
     return demo_cine_path()
+
+
+def cine_rgb(cine: Path, index: int):
+    """Frame `index` of a video file as uint8 RGB (the tests' one reader of the demo cine)."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(cine))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, index)
+    ok, frame = cap.read()
+    cap.release()
+    assert ok, f"{cine}: no frame {index}"
+    return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)

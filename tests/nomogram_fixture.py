@@ -12,7 +12,8 @@ import numpy as np
 
 
 def make_run(root: Path, n_oa: int = 95, n_noa: int = 180, n_controls: int = 30, seed: int = 0,
-             kind: str = "phantom", dl_strength: float = 1.6, fsh_missing: int = 3, name: str = "fixture") -> tuple[Path, Path]:
+             kind: str = "phantom", dl_strength: float = 1.6, fsh_missing: int = 3,
+             name: str = "fixture") -> tuple[Path, Path]:
     rng = np.random.default_rng(seed)
     ds = root / f"dataset_{name}"
     run = root / f"run_{name}"

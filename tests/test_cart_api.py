@@ -23,7 +23,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 
-from conftest import ROOT, DaemonProcess, free_port
+from conftest import ROOT, DaemonProcess, cine_rgb, free_port
 from edge.daemon import Daemon, DaemonConfig
 from edge.held_frames import frame_sha256
 from edge.wording import result_sentence
@@ -31,14 +31,6 @@ from edge.wording import result_sentence
 CLINICAL = {"fsh": "18,5", "volume_ml": "9.2", "edv": "2,1"}
 PDFTOTEXT = "pdftotext"
 
-
-def cine_rgb(cine, index: int) -> np.ndarray:
-    cap = cv2.VideoCapture(str(cine))
-    cap.set(cv2.CAP_PROP_POS_FRAMES, index)
-    ok, frame = cap.read()
-    cap.release()
-    assert ok
-    return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
 
 
 def png_of(rgb: np.ndarray) -> bytes:

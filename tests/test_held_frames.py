@@ -9,18 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import cine_rgb
 from edge.held_frames import CAPACITY, FrameNotHeld, HeldFrames, frame_sha256, make_held_frame
 from edge.imaging import decode_png_rgb, gray_if_gray, png_bytes
 from edge.roi import find_image_area, propose_roi
-
-
-def cine_frame(cine, index: int) -> np.ndarray:
-    cap = cv2.VideoCapture(str(cine))
-    cap.set(cv2.CAP_PROP_POS_FRAMES, index)
-    ok, frame = cap.read()
-    cap.release()
-    assert ok
-    return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
 
 
 def test_sha256_is_of_rgb_pixels_in_c_order():
@@ -35,7 +27,7 @@ def test_sha256_is_of_rgb_pixels_in_c_order():
 
 
 def test_held_copy_is_immutable_and_independent_of_the_source_buffer(demo_cine):
-    frame = cine_frame(demo_cine, 10)
+    frame = cine_rgb(demo_cine, 10)
     before = frame_sha256(frame)
     held = make_held_frame(frame, "user", "test")
     frame[:] = 0  # the source reuses its buffer
@@ -49,7 +41,7 @@ def test_held_copy_is_immutable_and_independent_of_the_source_buffer(demo_cine):
 
 
 def test_each_held_frame_gets_its_own_roi(demo_cine):
-    a, b = cine_frame(demo_cine, 0), cine_frame(demo_cine, 23)  # the probe has moved: the testis is elsewhere
+    a, b = cine_rgb(demo_cine, 0), cine_rgb(demo_cine, 23)  # the probe has moved: the testis is elsewhere
     ha, hb = make_held_frame(a, "upload"), make_held_frame(b, "upload")
     assert ha.roi != hb.roi
     for frame, held in ((a, ha), (b, hb)):
@@ -83,7 +75,7 @@ def test_ring_is_bounded_by_bytes_too():
 
 @pytest.mark.parametrize("gray", [False, True], ids=["colour", "gray"])
 def test_lossless_png_decodes_to_the_same_hash(demo_cine, gray):
-    frame = cine_frame(demo_cine, 40)
+    frame = cine_rgb(demo_cine, 40)
     if gray:
         frame = cv2.cvtColor(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
     held = make_held_frame(frame, "user")

@@ -15,7 +15,13 @@ from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from converters.bmode import (
-    SCANNERS, _grid, _lateral_beam, _rf_spectrum, envelope_from_rf_spectrum, hilbert_envelope, speckle_patch_envelope,
+    SCANNERS,
+    _grid,
+    _lateral_beam,
+    _rf_spectrum,
+    envelope_from_rf_spectrum,
+    hilbert_envelope,
+    speckle_patch_envelope,
 )
 from converters.phantom import PhantomError, labelled_marker, render_image, sample_cohort
 from converters.simulate import simulate
@@ -181,7 +187,7 @@ def test_simulate_small_is_deterministic_and_valid(tmp_path):
 
     kw = dict(n_oa=2, n_noa=2, n_controls=1, seed=11, external=1, progress=False)
     a = simulate(tmp_path / "a", workers=1, **kw)
-    b = simulate(tmp_path / "b", workers=2, **kw)  # other worker count, same bytes
+    simulate(tmp_path / "b", workers=2, **kw)  # other worker count, same bytes
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*")
                    if p.is_file() and p.name != "dataset.json")
     assert len([f for f in files if f.suffix == ".png"]) == 10 + 2

@@ -79,7 +79,7 @@ def data_and_r(tmp_path_factory):
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(list(d))
-        for row in zip(*d.values()):
+        for row in zip(*d.values(), strict=False):
             w.writerow([repr(float(v)) for v in row])
     script = path.parent / "ref.R"
     script.write_text(R_SCRIPT)

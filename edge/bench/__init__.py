@@ -16,10 +16,19 @@ The names below are re-exported so `from edge.bench import …` keeps working fo
 from __future__ import annotations
 
 from .cli import register
-from .contenders import (ALL_BACKENDS, ALL_VARIANTS, EXTRA_BACKENDS, FP32_ONLY_BACKENDS, Contender, Unavailable,
-                         bench_input, bench_models, keras_model_path, plan_contenders)
-from .pipeline import (ANALYZER_STAGE_NAMES, DEMO_CLINICAL, PIPELINE_STAGES, _CineFrames, bench_pipeline,
-                       bench_sustained)
+from .contenders import (
+    ALL_BACKENDS,
+    ALL_VARIANTS,
+    EXTRA_BACKENDS,
+    FP32_ONLY_BACKENDS,
+    Contender,
+    Unavailable,
+    bench_input,
+    bench_models,
+    keras_model_path,
+    plan_contenders,
+)
+from .pipeline import ANALYZER_STAGE_NAMES, DEMO_CLINICAL, PIPELINE_STAGES, _CineFrames, bench_pipeline, bench_sustained
 from .report import format_report, machine_info, run_bench, write_json
 from .stats import PERCENTILES, BenchError, compare, interleave, peak_rss_mb, ratios, rss_mb, summarize
 

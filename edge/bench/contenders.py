@@ -17,16 +17,18 @@ contenders it accumulates. For a clean per-variant figure run one contender per 
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
+from ..bundle import Manifest
 from ..errors import EdgeError
 from ..runtime import ModelRunner, RuntimeUnavailable
 from .stats import ms_since, peak_rss_mb, progress, rss_mb, summarize
@@ -148,7 +150,7 @@ def _module_available(name: str) -> bool:
         return False
 
 
-def keras_model_path(bundle_path: Path, manifest: dict, explicit: str | Path | None) -> Path | None:
+def keras_model_path(bundle_path: Path, manifest: Manifest, explicit: str | Path | None) -> Path | None:
     """The Keras model the bundle was converted from: --keras-model, else BUNDLE/model.keras, else the
     training run named in the provenance (RUN/model.keras)."""
     candidates = [Path(explicit)] if explicit else [bundle_path / "model.keras"]
@@ -158,7 +160,7 @@ def keras_model_path(bundle_path: Path, manifest: dict, explicit: str | Path | N
     return next((p for p in candidates if p.is_file()), None)
 
 
-def plan_contenders(bundle_path: Path, manifest: dict, variants: list[str], backends: list[str],
+def plan_contenders(bundle_path: Path, manifest: Manifest, variants: list[str], backends: list[str],
                     threads: list[int], keras_model: str | Path | None = None) -> tuple[list[Contender], list[dict]]:
     """Every (variant, backend, threads) asked for: runnable contenders, and skipped ones with reasons."""
     todo, skipped = [], []
@@ -179,6 +181,7 @@ def plan_contenders(bundle_path: Path, manifest: dict, variants: list[str], back
             backend_missing[backend] = f"not installed (python module {module} not found)"
         elif backend == "keras" and not _module_available("tensorflow"):
             backend_missing[backend] = "keras is installed but TensorFlow (its backend here) is not"
+    make: Callable[[int], Callable]  # threads -> the contender's load()
     for variant in variants:
         for backend in backends:
             if backend in backend_missing:
@@ -194,14 +197,14 @@ def plan_contenders(bundle_path: Path, manifest: dict, variants: list[str], back
                     if path is None or not path.is_file():
                         skip(variant, backend, "the bundle has no onnx variant")
                         continue
-                    make = lambda t, p=path: _onnx_loader(p, t)  # noqa: E731
+                    make = functools.partial(_onnx_loader, path)
                 else:
                     path = keras_model_path(bundle_path, manifest, keras_model)
                     if path is None:
                         skip(variant, backend, "no Keras model: pass --keras-model RUN/model.keras (bundles ship "
                                                "TFLite/ONNX only)")
                         continue
-                    make = lambda t, p=path: _keras_loader(p, t)  # noqa: E731
+                    make = functools.partial(_keras_loader, path)
             else:
                 spec = specs.get(variant)
                 if spec is None:
@@ -216,10 +219,10 @@ def plan_contenders(bundle_path: Path, manifest: dict, variants: list[str], back
                     if variant == "edgetpu":
                         skip(variant, backend, "an Edge TPU model needs the edgetpu delegate")
                         continue
-                    make = lambda t, p=path, b=backend: _litert_options_loader(p, t, b)  # noqa: E731
+                    make = functools.partial(_litert_options_loader, path, backend=backend)
                 else:
                     runtime = "ai_edge_litert" if backend == "litert" else "tflite_runtime"
-                    make = lambda t, p=path, v=variant, r=runtime: _tflite_loader(p, v, t, r)  # noqa: E731
+                    make = functools.partial(_tflite_loader, path, variant, runtime=runtime)
             for t in threads:
                 todo.append(Contender(variant, backend, t, path, make(t)))
     return todo, skipped
@@ -266,6 +269,7 @@ def bench_models(contenders: list[Contender], x: np.ndarray, runs: int, warmup: 
     for i in range(runs):
         order = ready[i % n:] + ready[:i % n] if n else []
         for c in order:
+            assert c.infer is not None  # loaded above: `ready` holds only contenders that ran once
             t0 = time.perf_counter()
             c.infer(x)
             c.times_ms.append(ms_since(t0))

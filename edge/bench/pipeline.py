@@ -43,7 +43,8 @@ class _CineFrames:
             raise BenchError(f"phantom cine not found: {self.path} (pass --cine PATH to a video)")
         cap = cv2.VideoCapture(str(self.path))
         self.fps = cap.get(cv2.CAP_PROP_FPS) or 15.0
-        self.frames, self.decode_ms = [], []
+        self.frames: list[np.ndarray] = []
+        self.decode_ms: list[float] = []
         while len(self.frames) < limit:
             t0 = time.perf_counter()
             ok, frame = cap.read()
@@ -57,7 +58,8 @@ class _CineFrames:
             raise BenchError(f"{self.path}: no decodable frames")
         sidecar = Path(str(self.path) + ".json")
         frozen = json.loads(sidecar.read_text()).get("frozen", []) if sidecar.is_file() else []
-        self.frozen = [self.frames[a] for a, b in frozen if a < len(self.frames)] or [self.frames[len(self.frames) // 2]]
+        self.frozen = ([self.frames[a] for a, b in frozen if a < len(self.frames)]
+                       or [self.frames[len(self.frames) // 2]])
 
 
 def _make_analyzer(bundle_path: Path, variant: str, threads: int, data_dir: Path):

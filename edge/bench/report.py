@@ -13,6 +13,7 @@ import platform
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -33,7 +34,8 @@ def _dist_version(name: str) -> str | None:
 
 def machine_info() -> dict:
     """CPU model, SIMD flags, cores, load, and the versions of everything that runs a model."""
-    cpu, flags = platform.processor() or platform.machine(), []
+    cpu = platform.processor() or platform.machine()
+    flags: list[str] = []
     try:
         text = Path("/proc/cpuinfo").read_text()
         for line in text.splitlines():
@@ -47,6 +49,7 @@ def machine_info() -> dict:
     except OSError:
         pass
     physical, total_mem = psutil.cpu_count(logical=False), psutil.virtual_memory().total / 1e9
+    affinity: int | None
     try:
         affinity = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -84,7 +87,7 @@ def run_bench(bundle: str | Path, variants: list[str], backends: list[str], thre
         b = load_bundle(bundle)
     except BundleError as exc:
         raise BenchError(str(exc)) from None
-    report = {"machine": machine_info(), "bundle": {"name": b.name, "path": str(b.path),
+    report: dict[str, Any] = {"machine": machine_info(), "bundle": {"name": b.name, "path": str(b.path),
                                                     "input_shape": b.manifest["input"]["shape"],
                                                     "synthetic_demo": b.synthetic_demo},
               "settings": {"variants": variants, "backends": backends, "threads": threads, "runs": runs,
@@ -137,7 +140,8 @@ def format_report(report: dict) -> str:
     pipe = report.get("pipeline")
     if pipe:
         lines += ["", f"pipeline  variant {pipe['variant']}, {pipe['threads']} thread(s), frame "
-                      f"{pipe['frame_size'][0]}x{pipe['frame_size'][1]} → ROI {pipe['input_size']} px, {pipe['runs']} runs",
+                      f"{pipe['frame_size'][0]}x{pipe['frame_size'][1]} → ROI {pipe['input_size']} px, "
+                      f"{pipe['runs']} runs",
                   f"  {'stage':12s} {'p50 ms':>8s} {'p99 ms':>8s}"]
         for name, s in pipe["stages"].items():
             lines.append(f"  {name:12s} {s['p50_ms']:8.2f} {s['p99_ms']:8.2f}")
@@ -156,7 +160,8 @@ def format_report(report: dict) -> str:
                   f"(max {sus['rss_mb']['max']:.0f})"
                   + (f"; freeze → result p50 {lat['p50_ms']:.0f} ms, max {lat['max_ms']:.0f} ms" if lat else "")]
     if report.get("summary"):
-        lines += ["", "ratios (same interleaved run): " + ", ".join(f"{k} {v:.2f}" for k, v in report["summary"].items())]
+        lines += ["", "ratios (same interleaved run): "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in report["summary"].items())]
     if report["skipped"]:
         lines += ["", "skipped:"]
         for s in report["skipped"]:

@@ -53,7 +53,7 @@ def interleave(contenders: dict, runs: int, warmup: int = 3) -> dict:
     for name in names:
         for _ in range(warmup):
             contenders[name]()
-    times = {n: [] for n in names}
+    times: dict[str, list[float]] = {n: [] for n in names}
     for i in range(runs):
         for n in names[i % len(names):] + names[:i % len(names)]:
             t0 = time.perf_counter()
@@ -85,7 +85,8 @@ def ratios(report: dict) -> dict:
         return min(hits, key=lambda r: r["p50_ms"]) if hits else None
 
     out = {}
-    lit, onnx, keras_, int8 = p50("fp32", "litert"), p50("fp32", "onnxruntime"), p50("fp32", "keras"), p50("int8", "litert")
+    lit, onnx = p50("fp32", "litert"), p50("fp32", "onnxruntime")
+    keras_, int8 = p50("fp32", "keras"), p50("int8", "litert")
     if lit and onnx:
         out["litert_fp32_over_onnxruntime_fp32_p50"] = lit["p50_ms"] / onnx["p50_ms"]
     if lit and keras_:

@@ -1,4 +1,5 @@
-"""The web layer of the daemon: FastAPI routers by concern (pages, live, analyze, exams, exports, health, metrics) on one Daemon."""
+"""The web layer of the daemon: FastAPI routers by concern (pages, live, analyze, exams, exports, health,
+metrics) on one Daemon."""
 
 from .app import create_app, serve
 

@@ -63,7 +63,7 @@ def create_app(cfg: DaemonConfig) -> FastAPI:
     app.add_middleware(HttpGuard, cfg=cfg, daemon=daemon, max_upload=ctx.max_upload)
     for router in ROUTERS:
         app.include_router(router.build(ctx))
-    app.openapi = lambda: _openapi(app)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]  # FastAPI's documented schema override
     return app
 
 

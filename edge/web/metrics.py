@@ -27,7 +27,8 @@ def metrics_text(d: Daemon) -> str:
     metric("noa_edge_auto_analyses_total", "counter", "Analyses started by a freeze or a pushed image",
            [({}, c["auto_analyses"])])
     metric("noa_edge_uploads_too_large_total", "counter", "Uploads refused for size", [({}, c["uploads_too_large"])])
-    metric("noa_edge_auth_failures_total", "counter", "Requests with a missing or wrong token", [({}, c["auth_failures"])])
+    metric("noa_edge_auth_failures_total", "counter", "Requests with a missing or wrong token",
+           [({}, c["auth_failures"])])
     metric("noa_edge_exams_stored", "gauge", "Exams in the store", [({}, d.store.count())])
     n = max(d.analyzer.analyses, 1)
     metric("noa_edge_stage_seconds_sum", "counter", "Time spent per pipeline stage",

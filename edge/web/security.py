@@ -190,7 +190,9 @@ class HttpGuard:
         query = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [""])[0]
         given = (headers.get("authorization", "").removeprefix("Bearer ").strip() or headers.get("x-token")
                  or query)
-        if hmac.compare_digest(given.encode(), self.cfg.token.encode()):
+        token = self.cfg.token
+        assert token is not None  # _auth is only called when a token is configured
+        if hmac.compare_digest(given.encode(), token.encode()):
             if query and not headers.get("authorization") and not headers.get("x-token"):
                 started["cookie"] = self._open_session(now)
             return None
