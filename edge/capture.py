@@ -18,6 +18,9 @@ Two kinds, two rules:
   analyses every one, in order, after a restart too. The grabber only keeps such a source open and shows
   its state; the worker publishes each still as the newest frame for the live view.
 
+Just over ~450 lines: the sources, the grabber and the freeze detector share one frame/state model; the
+DICOM server and the inbox already live in their own modules.
+
 A lost source is reopened with exponential backoff and its state is shown on the page.
 """
 
