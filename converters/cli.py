@@ -250,6 +250,9 @@ def _register_nomogram(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
         backbone: str = typer.Option(None, "--backbone", help="Backbone whose OOF probabilities to use "
                                                                "(default: run.json selected_backbone)."),
+        threshold: str = typer.Option("youden", "--threshold",
+                                      help="Threshold rule on the development data: 'youden', a number in (0, 1), "
+                                           "'sens=0.95' (highest threshold with sensitivity >= 0.95) or 'spec=0.95'."),
     ):
         """Fit the nomogram on out-of-fold DL probabilities + clinical data; write nomogram.json and the report."""
         from converters.dataset import DatasetError
@@ -269,7 +272,8 @@ def _register_nomogram(app: typer.Typer) -> None:
                 names = [p.strip() for p in predictors.split(",") if p.strip()]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                rep = analyse(run, dataset=dataset, predictors=names, bootstrap=bootstrap, seed=seed, backbone=backbone)
+                rep = analyse(run, dataset=dataset, predictors=names, bootstrap=bootstrap, seed=seed, backbone=backbone,
+                              threshold=threshold)
         except (NomogramInputError, DatasetError, ModelInputError, NomogramError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
@@ -287,12 +291,22 @@ def _register_nomogram(app: typer.Typer) -> None:
             typer.echo(f"  bootstrap (B={rep['validation']['B_used']}): "
                        f"optimism-corrected C {v['C']['corrected']:.3f}, "
                        f"slope {v['Slope']['corrected']:.3f}, Brier {v['Brier']['corrected']:.3f}")
+        pat, at = rep["patient"], rep["performance"]["at_threshold"]
+        typer.echo(f"  threshold {at['threshold']:.3f} ({rep['threshold_rule']}): sensitivity "
+                   f"{_fmt(at['sensitivity']['value'])}, specificity {_fmt(at['specificity']['value'])}; patient level "
+                   f"({pat['n_patients']} patients): AUC {_fmt(pat['auc'])}, sensitivity {_fmt(pat['sensitivity'])}, "
+                   f"specificity {_fmt(pat['specificity'])}")
         for note in rep["notes"]:
             typer.echo(f"  warning: {note}")
         typer.echo(f"wrote {run / 'nomogram.json'}, {run / 'report.html'}, {run / 'report.json'}")
 
 
 # ---------------------------------------------------------------------------------------- evaluate
+def _fmt(x, digits: int = 3) -> str:
+    """A number for the console; None/nan (not estimable) as 'n/a', never a made-up value."""
+    return "n/a" if x is None or x != x else f"{x:.{digits}f}"
+
+
 def _register_evaluate(app: typer.Typer) -> None:
     @app.command("evaluate")
     def evaluate_cmd(
@@ -303,6 +317,9 @@ def _register_evaluate(app: typer.Typer) -> None:
                                                                 "(skips running the network)."),
         variant: str = typer.Option(None, "--variant",
                                     help="Bundle model variant (default: the bundle's CPU default)."),
+        threshold: str = typer.Option("frozen", "--threshold",
+                                      help="'frozen' (the bundle's stored threshold), a number in (0, 1), or "
+                                           "'youden' / 'sens=0.95' / 'spec=0.95' chosen on THIS cohort (optimistic)."),
     ):
         """Score a frozen model + nomogram on a new cohort (no refit; threshold carried over)."""
         from converters.dataset import DatasetError
@@ -312,16 +329,21 @@ def _register_evaluate(app: typer.Typer) -> None:
         from edge.runtime import ModelError, RuntimeUnavailable
 
         try:
-            res = evaluate(source, dataset, dl_probs=dl_probs, variant=variant)
+            res = evaluate(source, dataset, dl_probs=dl_probs, variant=variant, threshold=threshold)
         except (NomogramInputError, DatasetError, NomogramError, ModelError, RuntimeUnavailable,
                 TrainExtraMissing) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
-        typer.echo(f"{res['n_images']} images / {res['n_patients']} patients: AUC {res['auc']:.3f} "
-                   f"(95% CI {res['auc_ci'][0]:.3f}-{res['auc_ci'][1]:.3f}); DL alone {res['dl_auc']:.3f}; "
-                   f"at threshold {res['threshold']:.3f}: sensitivity {res['sensitivity']:.3f}, specificity "
-                   f"{res['specificity']:.3f}; calibration slope {res['calibration_slope']:.2f}, "
-                   f"in-the-large {res['calibration_in_the_large']:.2f}")
+        typer.echo(f"{res['n_images']} images / {res['n_patients']} patients: AUC {_fmt(res['auc'])} "
+                   f"(95% CI {_fmt(res['auc_ci'][0])}-{_fmt(res['auc_ci'][1])}); DL alone {_fmt(res['dl_auc'])}; "
+                   f"at threshold {res['threshold']:.3f} ({res['threshold_rule']}): sensitivity "
+                   f"{_fmt(res['sensitivity'])}, specificity {_fmt(res['specificity'])}; calibration slope "
+                   f"{_fmt(res['calibration_slope'], 2)}, in-the-large {_fmt(res['calibration_in_the_large'], 2)}")
+        pat = res["patient"]
+        typer.echo(f"  patient level ({pat['n_patients']} patients): AUC {_fmt(pat['auc'])}, sensitivity "
+                   f"{_fmt(pat['sensitivity'])}, specificity {_fmt(pat['specificity'])}")
+        for note in res["notes"]:
+            typer.echo(f"  note: {note}")
         if res["excluded"]:
             typer.echo(f"  excluded: {res['excluded']}")
         if json_out:

@@ -67,6 +67,40 @@ def evaluate(patient_ids, y, prob) -> dict:
     return {"image": binary_metrics(y, prob), "patient": binary_metrics(py, pp)}
 
 
+MULTIPLICITY_NOTE = ("Paired DeLong tests (pROC::roc.test, paired) between every pair of backbones on the same "
+                     "out-of-fold images. With k backbones there are k(k-1)/2 tests: read p_holm (Holm's step-down "
+                     "adjustment, family-wise error 5 %), not the raw p, and remember that image-level tests treat a "
+                     "patient's two testes as independent (too small p).")
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (R: p.adjust(p, "holm")), in the input order."""
+    k = len(pvalues)
+    order = sorted(range(k), key=lambda i: pvalues[i])
+    out, running = [0.0] * k, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (k - rank) * pvalues[i]))
+        out[i] = running
+    return out
+
+
+def paired_backbone_tests(y, probs: dict[str, np.ndarray]) -> dict:
+    """DeLong's paired test for every pair of backbones on the same images, with Holm-adjusted p."""
+    from converters.stats import delong_paired_test
+
+    names = list(probs)
+    tests = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            t = delong_paired_test(y, probs[a], probs[b])
+            tests.append({"a": a, "b": b, "auc_a": t["auc1"], "auc_b": t["auc2"], "difference": t["difference"],
+                          "difference_ci": t["difference_ci"], "z": t["z"], "p": t["p"]})
+    for t, adj in zip(tests, holm([t["p"] for t in tests]), strict=True):
+        t["p_holm"] = adj
+    return {"level": "image", "method": "DeLong paired (pROC::roc.test)", "adjustment": "Holm",
+            "tests": tests, "note": MULTIPLICITY_NOTE}
+
+
 def write_oof(path: Path, backbones: list[str], results: dict, rows: list[dict]) -> None:
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
@@ -129,6 +163,8 @@ def build_report(cfg, dsha: str, rows: list[dict], labels: np.ndarray, n_pat: di
             "include_controls": cfg.include_controls, "subsampled_to": cfg.max_images},
         "selection": "highest pooled out-of-fold image-level AUC", "selected_backbone": best_name,
         "backbones": results, "final_model": final, "gradcam": gradcams,
+        "paired_backbone_tests": paired_backbone_tests(labels, {k: np.asarray(r["oof"]["prob"])
+                                                                for k, r in results.items()}),
         "notes": [
             "Every probability is out-of-fold: predicted by the fold model that never saw that patient.",
             "Accuracy, sensitivity and specificity use the Youden threshold of the same predictions "
@@ -147,7 +183,7 @@ def fmt(x, d=3) -> str:
 
 def ci_text(m: dict) -> str:
     ci = m.get("auc_ci")
-    return f"(95% CI {ci[0]:.3f}–{ci[1]:.3f})" if ci else "(no CI)"
+    return f"(95% CI {fmt(ci[0])}–{fmt(ci[1])})" if ci else "(no CI)"  # a bound is None/nan: not estimable
 
 
 def _figure_png(fig) -> str:
@@ -218,7 +254,7 @@ def html_report(report: dict, run: Path, labels: np.ndarray, groups: np.ndarray)
 
     def metric_cells(m):
         ci = m.get("auc_ci")
-        ci_txt = f" [{ci[0]:.3f}–{ci[1]:.3f}]" if ci else ""
+        ci_txt = f" [{fmt(ci[0])}–{fmt(ci[1])}]" if ci else ""
         return (f"<td>{m['n']} ({m['n_noa']}/{m['n_oa']})</td><td>{fmt(m.get('auc'))}{ci_txt}</td>"
                 f"<td>{fmt(m.get('accuracy'))}</td><td>{fmt(m.get('sensitivity'))}</td>"
                 f"<td>{fmt(m.get('specificity'))}</td><td>{fmt(m.get('threshold'))}</td>")
@@ -245,6 +281,15 @@ def html_report(report: dict, run: Path, labels: np.ndarray, groups: np.ndarray)
                      f"<td>{fmt(im.get('sensitivity'))}</td><td>{fmt(im.get('specificity'))}</td>"
                      f"<td>{res['fold_wall_s']:.0f} s</td></tr>")
     parts.append("</table>")
+    paired = report.get("paired_backbone_tests") or {"tests": []}
+    if paired["tests"]:
+        parts.append("<h2>Paired comparisons (DeLong, same out-of-fold images)</h2><table><tr><th>backbone A</th>"
+                     "<th>backbone B</th><th>AUC A − B [95% CI]</th><th>p</th><th>p (Holm)</th></tr>")
+        for t in paired["tests"]:
+            lo, hi = t["difference_ci"]
+            parts.append(f"<tr><td>{escape(t['a'])}</td><td>{escape(t['b'])}</td><td>{fmt(t['difference'])} "
+                         f"[{fmt(lo)}–{fmt(hi)}]</td><td>{fmt(t['p'], 4)}</td><td>{fmt(t['p_holm'], 4)}</td></tr>")
+        parts.append(f"</table><p class='method'>{escape(paired['note'])}</p>")
     parts.append("<img alt='ROC image level' "
                  f"src='data:image/png;base64,{_roc_figure(report, 'image', labels, groups)}'>")
     parts.append("<img alt='ROC patient level' "

@@ -3,7 +3,8 @@
 Scores a new cohort with no refit and the development threshold carried over. DL probabilities come from
 a precomputed CSV (--dl-probs), the run's RUN/model.keras (keras, ROIs cropped as on the device), or the
 bundle's CPU variant through the device runtime; then AUC (DeLong CI), DL-alone AUC and the paired test,
-sensitivity/specificity at the frozen threshold, calibration-in-the-large and slope, Brier score.
+sensitivity/specificity at the threshold (default: the frozen one; `--threshold`, converters.operating_point),
+calibration-in-the-large and slope, Brier score, and the same at patient level (`patient`).
 Unit of prediction: one testis image. Heavy imports (scipy, keras) stay inside functions.
 """
 
@@ -110,12 +111,16 @@ def score_images_with_bundle(bundle_dir: Path, ds, rows: list[dict], variant: st
 
 
 def evaluate(source: str | Path, dataset, dl_probs: str | Path | None = None, variant: str | None = None,
-             progress: bool = True) -> dict:
-    """External validation of a frozen model + nomogram: no refit, the development threshold carried over."""
+             progress: bool = True, threshold: str = "frozen") -> dict:
+    """External validation of a frozen model + nomogram: no refit, the development threshold carried over
+    (threshold="frozen"), or a rule of converters.operating_point; youden/sens=/spec= are then chosen on
+    THIS cohort, which the report says (an optimistic, not a pre-specified, cut-off)."""
     from converters import stats
     from converters.dataset import load_dataset
+    from converters.operating_point import parse_threshold, patient_block, resolve_threshold
 
     source = Path(source)
+    rule = parse_threshold(threshold, allow_frozen=True)
     spec, kind = load_frozen(source)
     try:
         nomo = Nomogram(spec)
@@ -156,14 +161,21 @@ def evaluate(source: str | Path, dataset, dl_probs: str | Path | None = None, va
         raise NomogramInputError(f"{ds.root}: the scored images are all {'NOA' if y[0] else 'OA'}: no AUC")
     auc = stats.delong_ci(y, p)
     dl_auc = stats.delong_ci(y, dl)
-    at = stats.classification_metrics(y, p, nomo.threshold)
+    if rule["kind"] == "frozen":
+        thr, thr_rule, thr_method = nomo.threshold, "frozen", nomo.threshold_method
+    else:
+        chosen = resolve_threshold(rule, y, p)
+        thr, thr_rule = chosen["threshold"], chosen["rule"]
+        thr_method = "fixed" if rule["kind"] == "fixed" else f"{thr_rule} chosen on this cohort (optimistic)"
+    at = stats.classification_metrics(y, p, thr)
     cal = stats.calibration_in_the_large_and_slope(y, lp)
     result = {
         "schema": "noa-edge.evaluation/1", "source": str(source), "source_kind": kind, "dl_probabilities": prob_source,
         "dataset": str(ds.root), "synthetic_demo": (ds.meta.get("source") or {}).get("kind") == "phantom",
         "auc": auc["auc"], "auc_ci": auc["ci"], "dl_auc": dl_auc["auc"], "dl_auc_ci": dl_auc["ci"],
         "nomogram_vs_dl": stats.delong_paired_test(y, p, dl),
-        "threshold": nomo.threshold, "threshold_method": nomo.threshold_method,
+        "threshold": thr, "threshold_rule": thr_rule, "threshold_method": thr_method,
+        "frozen_threshold": nomo.threshold,
         "sensitivity": at["sensitivity"]["value"], "sensitivity_ci": at["sensitivity"]["ci"],
         "specificity": at["specificity"]["value"], "specificity_ci": at["specificity"]["ci"],
         "accuracy": at["accuracy"]["value"], "accuracy_ci": at["accuracy"]["ci"],
@@ -171,6 +183,8 @@ def evaluate(source: str | Path, dataset, dl_probs: str | Path | None = None, va
         **cal, "brier": stats.brier_score(y, p),
         "n_images": len(scored), "n_patients": len({r["patient_id"] for r, _, _ in scored}),
         "n_events": int(y.sum()), "excluded": excluded,
+        "patient": patient_block([r["patient_id"] for r, _, _ in scored], y, p, thr),
+        "notes": [n for n in (auc.get("note"), dl_auc.get("note")) if n] + cal["calibration_notes"],
         "unit_of_analysis": "testis image", "refit": False,
     }
     return jsonable(result)

@@ -225,7 +225,7 @@ def axis_limits(model: ModelResult) -> dict[str, tuple[float, float]]:
     return out
 
 
-def nomogram_spec(model: ModelResult, threshold: float) -> dict:
+def nomogram_spec(model: ModelResult, threshold: float, threshold_method: str = "youden_development") -> dict:
     """The device contract (docs/CONTRACTS.md, "Nomogram")."""
     preds = []
     for i, name in enumerate(model.predictors):
@@ -235,19 +235,23 @@ def nomogram_spec(model: ModelResult, threshold: float) -> dict:
                       "range": list(c["range"])})
     spec = {"schema": SCHEMA, "placeholder": False, "intercept": float(model.fit.coef[0]), "predictors": preds,
             "points": points_scaling(preds, axis_limits(model)),
-            "threshold": float(threshold), "threshold_method": "youden_development",
+            "threshold": float(threshold), "threshold_method": threshold_method,
             "n_development": model.fit.n, "events_development": model.fit.events}
     Nomogram(spec)  # the device's own validation must accept what we write
     return spec
 
 
 def analyse(run_dir: str | Path, dataset=None, predictors: list[str] | None = None, bootstrap: int = 200,
-            seed: int = 0, backbone: str | None = None, write: bool = True, progress: bool = True) -> dict:
-    """The whole `noa-edge nomogram`. `dataset` is a path, a loaded Dataset, or None (RUN/run.json)."""
+            seed: int = 0, backbone: str | None = None, write: bool = True, progress: bool = True,
+            threshold: str = "youden") -> dict:
+    """The whole `noa-edge nomogram`. `dataset` is a path, a loaded Dataset, or None (RUN/run.json).
+    `threshold` is a rule of converters.operating_point (default Youden on the development data)."""
     from converters import stats
+    from converters.operating_point import parse_threshold, patient_block, resolve_threshold
 
     run_dir = Path(run_dir)
     predictors = check_predictors(list(predictors or DEFAULT_PREDICTORS))
+    thr_spec = parse_threshold(threshold)
     dl_probs, chosen, run = read_oof(run_dir, backbone)
     ds = dataset if hasattr(dataset, "labelled_images") else load_dataset_for(run_dir, run, dataset)
     rows, flow = joined_rows(ds, dl_probs)
@@ -268,7 +272,10 @@ def analyse(run_dir: str | Path, dataset=None, predictors: list[str] | None = No
     lp = model.fit.linear_predictor(X)
     prob = 1 / (1 + np.exp(-lp))
     youden = stats.youden_threshold(y, prob)
-    spec = nomogram_spec(model, youden["threshold"])
+    chosen_thr = resolve_threshold(thr_spec, y, prob)
+    method = {"youden": "youden_development", "fixed": "fixed"}.get(thr_spec["kind"],
+                                                                    f"{chosen_thr['rule']}_development")
+    spec = nomogram_spec(model, chosen_thr["threshold"], method)
 
     # comparators on the same images
     dl = np.array([r["dl_probability"] for r in kept])
@@ -307,12 +314,15 @@ def analyse(run_dir: str | Path, dataset=None, predictors: list[str] | None = No
     validation = None
     if B > 0:
         validation = stats.bootstrap_validate(X, y, B=B, seed=seed, clusters=patients, fit=model.fit)
-        if validation["B_failed"]:
+        if validation["warning"]:
+            notes.append(validation["warning"])
+        elif validation["B_failed"]:
             notes.append(f"{validation['B_failed']} of {B} bootstrap refits diverged (separation in the resample) "
                          "and were dropped, as rms::validate does")
     performance = {
-        "threshold": youden,
-        "at_threshold": stats.classification_metrics(y, prob, youden["threshold"]),
+        "threshold": {**youden, **chosen_thr} if thr_spec["kind"] == "youden" else chosen_thr,
+        "youden": youden, "threshold_rule": chosen_thr["rule"],
+        "at_threshold": stats.classification_metrics(y, prob, chosen_thr["threshold"]),
         "dl_at_its_youden": stats.classification_metrics(y, dl, stats.youden_threshold(y, dl)["threshold"]),
         "brier_apparent": stats.brier_score(y, prob),
     }
@@ -331,7 +341,9 @@ def analyse(run_dir: str | Path, dataset=None, predictors: list[str] | None = No
                   "epv": min(model.fit.events, model.fit.n - model.fit.events) / len(predictors)},
         "nomogram": spec, "discrimination": discrimination, "labels": labels, "comparisons": comparisons,
         "schoor_rule": schoor, "performance": performance, "validation": validation, "decision_curve": dca,
-        "notes": notes, "methods": METHODS,
+        "threshold_rule": chosen_thr["rule"],
+        "patient": patient_block(patients, y, prob, chosen_thr["threshold"]),
+        "notes": notes, "methods": {**METHODS, "threshold": THRESHOLD_METHODS[thr_spec["kind"]]},
     }
     if write:
         write_outputs(run_dir, report, y, scores, spec)
@@ -345,6 +357,8 @@ METHODS = {
            "pROC::ci.auc(method='delong'); paired comparisons by DeLong's test as pROC::roc.test(paired=TRUE).",
     "threshold": "Youden index (max sensitivity + specificity - 1) on the development data, pre-specified for later "
                  "validation; positive = probability >= threshold.",
+    "patient": "Patient level: the patient's probability is the mean of his testes' probabilities "
+               "(edge.patient.patient_probability, the rule the cart uses), compared with the same threshold.",
     "proportions": "Accuracy, sensitivity, specificity, PPV, NPV with Clopper-Pearson exact 95% CIs (R binom.test).",
     "validation": "Harrell's optimism bootstrap as rms::validate: B refits on resamples of patients (both testes of a "
                   "patient stay together), indexes on the resample minus on the original data = optimism; corrected = "
@@ -355,6 +369,16 @@ METHODS = {
               "for 2x2 with expected counts < 5.",
     "clustering": "The two testes of a patient are correlated; DeLong CIs treat images as independent (slightly "
                   "narrow); the bootstrap resamples patients.",
+}
+
+THRESHOLD_METHODS = {
+    "youden": METHODS["threshold"],
+    "fixed": "A fixed threshold given by the user (--threshold), e.g. a published or pre-registered cut-off; "
+             "positive = probability >= threshold.",
+    "sens": "The highest threshold whose sensitivity on the development data reaches the target (--threshold "
+            "sens=...); positive = probability >= threshold.",
+    "spec": "The lowest threshold whose specificity on the development data reaches the target (--threshold "
+            "spec=...); positive = probability >= threshold.",
 }
 
 

@@ -156,13 +156,23 @@ def render(rep: dict, figures: dict[str, Path]) -> str:
     perf = rep["performance"]
     at = perf["at_threshold"]
     t = at["table"]
-    out.append(f"<h3>Classification at the threshold {at['threshold']:.3f} (Youden, development)</h3>")
+    rule = rep.get("threshold_rule", "youden")
+    out.append(f"<h3>Classification at the threshold {at['threshold']:.3f} (threshold rule: "
+               f"<code class='threshold-rule'>{escape(rule)}</code>, development)</h3>")
     out.append(_table(["", "NOA (observed)", "OA (observed)"],
                       [["Predicted NOA", str(t["tp"]), str(t["fp"])], ["Predicted OA", str(t["fn"]), str(t["tn"])]]))
     rows = [[k.upper() if k in ("ppv", "npv") else k.capitalize(), _f(at[k]["value"]), _ci(at[k]["ci"]),
              f"{at[k]['k']}/{at[k]['n']}"] for k in ("accuracy", "sensitivity", "specificity", "ppv", "npv")]
     out.append(_table(["Measure", "Value", "95% CI", "k/n"], rows))
     out.append(f"<p class='method'>{escape(rep['methods']['threshold'])} {escape(rep['methods']['proportions'])}</p>")
+    pat = rep.get("patient")
+    if pat:
+        out.append(f"<h3>Patient level ({pat['n_patients']} patients, {pat['n_events']} NOA)</h3>")
+        rows = [["AUC", _f(pat["auc"]), _ci(pat["auc_ci"])]]
+        rows += [[k.capitalize(), _f(pat[k]), _ci(pat[f"{k}_ci"])] for k in ("sensitivity", "specificity", "accuracy")]
+        out.append(_table(["Measure (patient)", "Value", "95% CI"], rows))
+        out.append(f"<p class='method'>{escape(pat['rule'])} Threshold {pat['threshold']:.3f} "
+                   f"({escape(rule)}).</p>")
     v = rep.get("validation")
     if v:
         out.append(f"<h3>Internal validation (bootstrap, B = {v['B']}, {v['B_used']} used; "

@@ -67,16 +67,27 @@ def roc_auc(y, score) -> float:
 
 
 def delong_ci(y, score, level: float = 0.95) -> dict:
-    """AUC with DeLong variance and the normal CI pROC::ci.auc(method = "delong") gives (clipped to 0–1)."""
+    """AUC with DeLong variance and the normal CI pROC::ci.auc(method = "delong") gives (clipped to 0–1).
+
+    Where the variance is not estimable (one case, one control, every score tied) se and both bounds are
+    nan with a "note": `max(0, nan)` would otherwise print a fake [0, 1]."""
     auc, v10, v01 = delong_placements(y, score)
     m, n = len(v10), len(v01)
+    out = {"auc": auc, "se": float("nan"), "ci": [float("nan"), float("nan")], "n_cases": m, "n_controls": n,
+           "method": "DeLong"}
+    if m < 2 or n < 2:
+        out["note"] = f"DeLong variance not estimable with {m} case(s) and {n} control(s): no CI"
+        return out
+    if np.ptp(np.asarray(score, dtype=float)) == 0:
+        out["note"] = "every score is tied: the AUC is 0.5 by construction, no CI"
+        return out
     var = np.sum((v10 - auc) ** 2) / (m - 1) / m + np.sum((v01 - auc) ** 2) / (n - 1) / n
     se = math.sqrt(var)
     from scipy.stats import norm
 
     z = float(norm.ppf(0.5 + level / 2))
-    return {"auc": auc, "se": se, "ci": [max(0.0, auc - z * se), min(1.0, auc + z * se)],
-            "n_cases": m, "n_controls": n, "method": "DeLong"}
+    out.update(se=se, ci=[max(0.0, auc - z * se), min(1.0, auc + z * se)])
+    return out
 
 
 def delong_paired_test(y, score1, score2) -> dict:

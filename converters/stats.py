@@ -274,6 +274,19 @@ def bootstrap_samples(n: int, B: int, seed: int, clusters=None) -> np.ndarray:
     return [np.concatenate([members[c] for c in row]) for row in draws]
 
 
+BOOTSTRAP_MAX_FAILED = 0.10  # above this fraction of dropped refits the corrected indexes are flagged
+
+
+def bootstrap_warning(B: int, failed: int) -> str | None:
+    """A sentence when more than BOOTSTRAP_MAX_FAILED of the refits were dropped, else None: the survivors are
+    the resamples without separation, so the optimism estimate is biased towards them."""
+    if B <= 0 or failed / B <= BOOTSTRAP_MAX_FAILED:
+        return None
+    return (f"{failed} of {B} bootstrap refits ({failed / B:.0%}) diverged and were dropped, more than "
+            f"{BOOTSTRAP_MAX_FAILED:.0%}: the optimism-corrected indexes come from the surviving resamples only "
+            "and are likely biased (too few events for this model)")
+
+
 def bootstrap_validate(X, y, B: int = 200, seed: int = 0, clusters=None, fit: LogisticFit | None = None,
                        calibration_grid: int = 50) -> dict:
     """Harrell's optimism bootstrap (rms::validate.lrm, method = "boot"), plus rms::calibrate curves.
@@ -313,6 +326,7 @@ def bootstrap_validate(X, y, B: int = 200, seed: int = 0, clusters=None, fit: Lo
                  "corrected": apparent[k] - optimism[k]} for k in INDEX_NAMES}
     # rms reports C through Dxy: corrected C = 0.5 + corrected Dxy / 2 (identical here)
     out = {"B": B, "B_used": int(ok.sum()), "B_failed": int((~ok).sum()), "seed": seed,
+           "warning": bootstrap_warning(B, int((~ok).sum())),
            "resampling": "patients (cluster bootstrap)" if clusters is not None else "rows",
            "indexes": table}
     if calibration_grid:
@@ -367,15 +381,36 @@ def _calibration_from_replicates(y, lp_app, lp_orig_ok, samples_ok, grid: int) -
 
 def calibration_in_the_large_and_slope(y, lp) -> dict:
     """External calibration: intercept with lp as offset (calibration-in-the-large) and the slope of
-    logit(p) on lp. Perfect calibration = 0 and 1."""
+    logit(p) on lp. Perfect calibration = 0 and 1.
+
+    When the cohort is perfectly separated by lp the slope has no finite ML estimate: slope, intercept and
+    their CIs are nan and "calibration_notes" says why; whatever is still defined is returned."""
     y = np.asarray(y).astype(float)
     lp = np.asarray(lp, float)
-    citl = fit_logistic(np.zeros((len(y), 0)), y, names=[], offset=lp, check=False)
-    slope_fit = fit_logistic(lp[:, None], y, names=["lp"], check=False)
-    return {"calibration_in_the_large": float(citl.coef[0]), "citl_ci": _wald_ci(citl, 0),
-            "calibration_slope": float(slope_fit.coef[1]), "slope_ci": _wald_ci(slope_fit, 1),
-            "calibration_intercept": float(slope_fit.coef[0]),
-            "observed_rate": float(y.mean()), "mean_predicted": float(np.mean(1 / (1 + np.exp(-lp))))}
+    nan2 = [float("nan"), float("nan")]
+    out = {"calibration_in_the_large": float("nan"), "citl_ci": nan2, "calibration_slope": float("nan"),
+           "slope_ci": nan2, "calibration_intercept": float("nan"), "calibration_notes": [],
+           "observed_rate": float(y.mean()), "mean_predicted": float(np.mean(1 / (1 + np.exp(-lp))))}
+    try:
+        citl = fit_logistic(np.zeros((len(y), 0)), y, names=[], offset=lp, check=False)
+        if np.all(np.isfinite(citl.coef)) and not citl.warnings:
+            out.update(calibration_in_the_large=float(citl.coef[0]), citl_ci=_wald_ci(citl, 0))
+        else:
+            out["calibration_notes"].append("calibration-in-the-large not estimable: the fit did not converge")
+    except np.linalg.LinAlgError:
+        out["calibration_notes"].append("calibration-in-the-large not estimable: singular information matrix")
+    if check_separation(np.column_stack([np.ones(len(y)), lp]), y.astype(int)):
+        out["calibration_notes"].append("calibration slope not estimable: perfect separation (the model's linear "
+                                        "predictor separates the outcomes in this cohort)")
+        return out
+    try:
+        slope_fit = fit_logistic(lp[:, None], y, names=["lp"], check=False)
+    except np.linalg.LinAlgError:
+        out["calibration_notes"].append("calibration slope not estimable: singular information matrix")
+        return out
+    out.update(calibration_slope=float(slope_fit.coef[1]), slope_ci=_wald_ci(slope_fit, 1),
+               calibration_intercept=float(slope_fit.coef[0]))
+    return out
 
 
 def _wald_ci(fit: LogisticFit, i: int) -> list[float]:

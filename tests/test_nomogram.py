@@ -440,3 +440,120 @@ def test_evaluate_scores_images_with_keras_run(dev, tmp_path):
     assert res["dl_probabilities"].endswith("(keras)") and res["source_kind"] == "run" and res["n_images"] == 40
     assert res["dl_auc"] == pytest.approx(stats.roc_auc([r["label"] for r in rows],
                                                         [via_keras[r["image_id"]] for r in rows]))
+
+
+# ------------------------------------------------------- thresholds, patient level, degenerate cohorts (14)
+def _by_patient_mean(pids, y, p):
+    """The patient rule written out here (mean of the patient's testes), to check the report against."""
+    acc: dict = {}
+    for pid, yy, pp in zip(pids, y, p, strict=True):
+        acc.setdefault(pid, [yy, []])[1].append(pp)
+    return np.array([v[0] for v in acc.values()]), np.array([sum(v[1]) / len(v[1]) for v in acc.values()])
+
+
+def test_evaluate_reports_a_patient_block_and_the_threshold_rule(dev, tmp_path):
+    _, run, rep = dev
+    ext_ds, ext_run = make_run(tmp_path, n_oa=35, n_noa=65, n_controls=0, seed=11, dl_strength=1.2, name="ext")
+    probs = _prob_csv(ext_run, tmp_path / "ext.csv")
+    out = tmp_path / "eval.json"
+    res = CliRunner().invoke(cli(), ["evaluate", str(run), str(ext_ds), "--dl-probs", str(probs), "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    got = json.loads(out.read_text())
+    assert got["threshold_rule"] == "frozen" and got["threshold"] == rep["nomogram"]["threshold"]
+    assert "patient level (97 patients)" in res.output and "(frozen)" in res.output
+    # the patient block against the rule written out here and the all-pairs DeLong reference
+    from converters.dataset import load_dataset
+
+    nomo = Nomogram(rep["nomogram"])
+    pr = ev.read_prob_csv(probs)
+    rows = [r for r in load_dataset(ext_ds, check_images=False).labelled_images(include_controls=False)
+            if r.get("fsh") is not None]
+    p = [nomo.predict({**r, "dl_probability": pr[r["image_id"]]})["probability"] for r in rows]
+    py, pp = _by_patient_mean([r["patient_id"] for r in rows], [r["label"] for r in rows], p)
+    pat = got["patient"]
+    ref = delong(py, pp)
+    assert pat["n_patients"] == 97 == len(py) and pat["auc"] == pytest.approx(ref["auc"], abs=1e-12)
+    assert pat["auc_ci"][0] == pytest.approx(ref["auc"] - 1.959963984540054 * ref["se"], abs=1e-9)
+    thr = got["threshold"]
+    assert pat["sensitivity"] == pytest.approx(np.mean(pp[py == 1] >= thr), abs=1e-12)
+    assert pat["specificity"] == pytest.approx(np.mean(pp[py == 0] < thr), abs=1e-12)
+    assert pat["accuracy"] == pytest.approx(np.mean((pp >= thr) == (py == 1)), abs=1e-12)
+    # a fixed threshold, and a target chosen on this cohort (labelled as such)
+    res = CliRunner().invoke(cli(), ["evaluate", str(run), str(ext_ds), "--dl-probs", str(probs), "--json", str(out),
+                                     "--threshold", "0.3"])
+    got = json.loads(out.read_text())
+    assert res.exit_code == 0 and got["threshold"] == 0.3 and got["threshold_rule"] == "0.3"
+    assert got["frozen_threshold"] == rep["nomogram"]["threshold"]
+    res = CliRunner().invoke(cli(), ["evaluate", str(run), str(ext_ds), "--dl-probs", str(probs), "--json", str(out),
+                                     "--threshold", "sens=0.9"])
+    got = json.loads(out.read_text())
+    assert got["threshold_rule"] == "sens=0.9" and "optimistic" in got["threshold_method"] and got["sensitivity"] >= 0.9
+    res = CliRunner().invoke(cli(), ["evaluate", str(run), str(ext_ds), "--dl-probs", str(probs), "--threshold", "2"])
+    assert res.exit_code == 2 and "--threshold '2'" in res.output and "Traceback" not in res.output
+
+
+def test_evaluate_on_a_perfectly_separated_cohort_reports_what_is_defined(dev, tmp_path):
+    _, run, _ = dev
+    ext_ds, ext_run = make_run(tmp_path, n_oa=30, n_noa=40, n_controls=0, seed=12, name="sep")
+    rows = [r for r in csv.DictReader((ext_run / "oof_predictions.csv").open()) if r["backbone"] == "NASNetMobile"]
+    _rewrite(tmp_path / "sep.csv", [{"image_id": r["image_id"], "prob": "0.999" if r["label"] == "1" else "0.001"}
+                                    for r in rows])
+    patients = list(csv.DictReader((ext_ds / "patients.csv").open()))  # FSH far apart too: lp separates the groups
+    for r in patients:
+        r["fsh"] = "" if not r["fsh"] else ("60" if r["group"] == "NOA" else "2")
+    _rewrite(ext_ds / "patients.csv", patients)
+    out = tmp_path / "sep.json"
+    res = CliRunner().invoke(cli(), ["evaluate", str(run), str(ext_ds), "--dl-probs", str(tmp_path / "sep.csv"),
+                                     "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "calibration slope not estimable: perfect separation" in res.output and "Traceback" not in res.output
+    got = json.loads(out.read_text())
+    assert got["auc"] == 1.0 and got["calibration_slope"] is None and got["slope_ci"] == [None, None]
+    assert any("perfect separation" in n for n in got["notes"])
+    for key in ("sensitivity", "specificity", "brier", "calibration_in_the_large", "dl_auc"):
+        assert got[key] is not None, key
+    assert got["patient"]["auc"] == 1.0
+
+
+def test_evaluate_on_one_class_is_a_clear_error(dev, tmp_path):
+    _, run, _ = dev
+    ext_ds, ext_run = make_run(tmp_path, n_oa=0, n_noa=20, n_controls=0, seed=13, name="one")
+    res = CliRunner().invoke(cli(), ["evaluate", str(run), str(ext_ds), "--dl-probs",
+                                     str(_prob_csv(ext_run, tmp_path / "one.csv"))])
+    assert res.exit_code == 2 and "all NOA" in res.output and "no AUC" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_nomogram_threshold_option_and_patient_block(tmp_path):
+    ds, run = make_run(tmp_path, n_oa=50, n_noa=70, n_controls=0, seed=14)
+    runner = CliRunner()
+    res = runner.invoke(cli(), ["nomogram", str(run), "--bootstrap", "0", "--threshold", "sens=1.5"])
+    assert res.exit_code == 2 and "--threshold 'sens=1.5'" in res.output and "Traceback" not in res.output
+    assert not (run / "nomogram.json").exists()
+    res = runner.invoke(cli(), ["nomogram", str(run), "--bootstrap", "0", "--threshold", "0.42"])
+    assert res.exit_code == 0, res.output
+    spec = json.loads((run / "nomogram.json").read_text())
+    saved = json.loads((run / "report.json").read_text())
+    assert spec["threshold"] == 0.42 and spec["threshold_method"] == "fixed" and saved["threshold_rule"] == "0.42"
+    assert saved["performance"]["at_threshold"]["threshold"] == 0.42
+    html = (run / "report.html").read_text()
+    assert "<code class='threshold-rule'>0.42</code>" in html and "Patient level (" in html
+    # the patient block against the rule written out here
+    from converters.dataset import load_dataset
+
+    probs, _, _ = nm.read_oof(run, None)
+    rows, _ = nm.joined_rows(load_dataset(ds, check_images=False), probs)
+    X, y, kept, _ = nm.design(rows, saved["model"]["predictors"])
+    host = 1 / (1 + np.exp(-stats.fit_logistic(X, y).linear_predictor(X)))
+    py, pp = _by_patient_mean([r["patient_id"] for r in kept], y, host)
+    pat = saved["patient"]
+    assert pat["n_patients"] == len(py) and pat["auc"] == pytest.approx(delong(py, pp)["auc"], abs=1e-12)
+    assert pat["sensitivity"] == pytest.approx(np.mean(pp[py == 1] >= 0.42), abs=1e-12)
+    assert pat["specificity"] == pytest.approx(np.mean(pp[py == 0] < 0.42), abs=1e-12)
+    # spec=0.9: the lowest threshold whose development specificity reaches 0.9
+    rep = nm.analyse(run, bootstrap=0, threshold="spec=0.9", write=False)
+    thr = rep["nomogram"]["threshold"]
+    assert rep["threshold_rule"] == "spec=0.9" and rep["nomogram"]["threshold_method"] == "spec=0.9_development"
+    assert np.mean(host[y == 0] < thr) >= 0.9
+    below = host[host < thr].max()                  # the next lower cut would classify that image positive
+    assert np.mean(host[y == 0] < below) < 0.9

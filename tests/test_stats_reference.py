@@ -6,6 +6,7 @@ cluster bootstrap inspected resample by resample (a patient's images always trav
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -145,3 +146,134 @@ def test_bootstrap_validate_reports_its_unit():
     assert clustered["resampling"].startswith("patients") and rows["resampling"] == "rows"
     assert clustered["indexes"]["C"]["apparent"] == rows["indexes"]["C"]["apparent"]
     assert clustered["indexes"]["C"]["optimism"] != rows["indexes"]["C"]["optimism"]
+
+
+# ------------------------------------------------------------------------- degenerate inputs (issue 14)
+@pytest.mark.parametrize("y, s, why", [
+    ([1, 0, 0, 0], [0.9, 0.1, 0.2, 0.3], "1 case"),
+    ([1, 1, 1, 0], [0.9, 0.8, 0.2, 0.3], "1 control"),
+    ([1, 0, 1, 0, 1], [0.4] * 5, "tied"),
+], ids=["one-case", "one-control", "all-ties"])
+def test_delong_ci_is_nan_not_a_fake_interval_when_the_variance_is_not_estimable(y, s, why):
+    got = stats.delong_ci(y, s)
+    assert math.isnan(got["se"]) and all(math.isnan(b) for b in got["ci"]), got
+    assert why in got["note"]
+    assert got["auc"] == pytest.approx(placements(np.array(y), np.array(s, float))[0])  # the AUC is still defined
+
+
+def test_calibration_under_perfect_separation_reports_what_is_defined():
+    lp = np.array([-3.0, -2.5, -2.0, -1.0, 1.5, 2.0, 2.5, 4.0])
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    cal = stats.calibration_in_the_large_and_slope(y, lp)
+    assert math.isnan(cal["calibration_slope"]) and all(math.isnan(b) for b in cal["slope_ci"])
+    assert any("calibration slope not estimable: perfect separation" in n for n in cal["calibration_notes"])
+    # calibration-in-the-large (one intercept, lp as offset) has a finite MLE here: score equation Σ(y − p) = 0
+    a = cal["calibration_in_the_large"]
+    assert math.isfinite(a)
+    assert np.sum(y - 1 / (1 + np.exp(-(a + lp)))) == pytest.approx(0, abs=1e-8)
+    ok = stats.calibration_in_the_large_and_slope(np.array([0, 1, 0, 1, 1, 0, 1, 1]), lp)
+    assert math.isfinite(ok["calibration_slope"]) and ok["calibration_notes"] == []
+
+
+def test_bootstrap_warns_when_more_than_a_tenth_of_refits_are_dropped():
+    assert stats.BOOTSTRAP_MAX_FAILED == 0.10
+    assert stats.bootstrap_warning(50, 5) is None
+    assert "6 of 50" in stats.bootstrap_warning(50, 6) and "biased" in stats.bootstrap_warning(50, 6)
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(12, 2))
+    y = (x[:, 0] + 0.3 * rng.normal(size=12) > 0).astype(int)
+    y[:2] = 1 - y[:2]                                      # overlap: the full-data fit exists, resamples separate
+    v = stats.bootstrap_validate(x, y, B=50, seed=0, calibration_grid=0)
+    assert v["B_failed"] > 5 and v["warning"] and f"{v['B_failed']} of 50" in v["warning"]
+
+
+# ------------------------------------------------------------------------------ threshold rules (issue 14)
+def test_threshold_rules_parse_and_refuse_bad_specs():
+    from converters.errors import NomogramInputError
+    from converters.operating_point import parse_threshold, rule_text
+
+    assert parse_threshold("youden") == {"kind": "youden", "value": None}
+    assert parse_threshold(" 0.37 ") == {"kind": "fixed", "value": 0.37}
+    assert parse_threshold("sens=0.95") == {"kind": "sens", "value": 0.95}
+    assert rule_text(parse_threshold("SPEC=0.9")) == "spec=0.9"
+    for bad, why in (("1.5", "must be in (0, 1)"), ("0", "must be in (0, 1)"), ("sens=abc", "not a number"),
+                     ("ppv=0.9", "unknown rule 'ppv'"), ("frozen", "only applies to evaluate"), ("", "not a number")):
+        with pytest.raises(NomogramInputError, match=r"--threshold .*" + re.escape(why)):
+            parse_threshold(bad)
+    assert parse_threshold("frozen", allow_frozen=True)["kind"] == "frozen"
+
+
+@pytest.mark.parametrize("table", TABLES, ids=IDS)
+@pytest.mark.parametrize("target", [0.5, 0.8, 0.95, 1.0])
+def test_sens_and_spec_rules_equal_brute_force(table, target):
+    """sens=t: the highest threshold with sensitivity >= t; spec=t: the lowest with specificity >= t, found
+    here by trying every observed score and midpoint."""
+    from converters.operating_point import resolve_threshold
+
+    y, s, _ = table
+    u = np.unique(s)
+    cands = np.concatenate([u, (u[1:] + u[:-1]) / 2, [np.nextafter(u[-1], np.inf)]])
+
+    def rates(t):
+        pos = s >= t
+        return (pos & (y == 1)).sum() / (y == 1).sum(), (~pos & (y == 0)).sum() / (y == 0).sum()
+
+    got = resolve_threshold({"kind": "sens", "value": target}, y, s)
+    best = max(t for t in cands if rates(t)[0] >= target)
+    assert rates(got["threshold"]) == rates(best) and got["sensitivity"] >= target
+    got = resolve_threshold({"kind": "spec", "value": target}, y, s)
+    best = min(t for t in cands if rates(t)[1] >= target)
+    assert rates(got["threshold"]) == rates(best) and got["specificity"] >= target and got["rule"] == f"spec={target:g}"
+
+
+# -------------------------------------------------------------------- paired backbone tests (issue 14)
+def test_holm_equals_r_p_adjust():
+    from converters.cv_report import holm
+
+    # R: p.adjust(c(0.01, 0.04, 0.03, 0.005, 0.5), "holm") = 0.04 0.09 0.09 0.025 0.5
+    assert holm([0.01, 0.04, 0.03, 0.005, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.025, 0.5], abs=1e-15)
+    assert holm([0.6, 0.9]) == [1.0, 1.0] and holm([]) == []
+
+
+def test_paired_backbone_tests_and_cv_table_cover_every_pair(tmp_path):
+    """Three backbones on the same images: 3 pairs, each equal to the all-pairs paired DeLong reference, Holm p
+    >= raw p; benchmarks/cv_table.py prints the same tests from oof_predictions.csv."""
+    import csv
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from converters.cv_report import holm, paired_backbone_tests
+
+    y, s1, s2 = TABLES[4]
+    s3 = np.round(s1 + np.random.default_rng(9).normal(0, 1, len(y)), 2)
+    probs = {"A": s1, "B": s2, "C": s3}
+    res = paired_backbone_tests(y, probs)
+    assert [(t["a"], t["b"]) for t in res["tests"]] == [("A", "B"), ("A", "C"), ("B", "C")]
+    for t in res["tests"]:
+        ref = delong_paired(y, probs[t["a"]], probs[t["b"]])
+        assert t["z"] == pytest.approx(ref["z"], rel=1e-9) and t["p_holm"] >= t["p"]
+    assert [t["p_holm"] for t in res["tests"]] == holm([t["p"] for t in res["tests"]])
+    assert "Holm" in res["note"] and "k(k-1)/2" in res["note"]
+    run = tmp_path / "run"
+    run.mkdir()
+    with (run / "oof_predictions.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image_id", "patient_id", "group", "label", "backbone", "fold", "prob"])
+        for name, p in probs.items():
+            for i, (yy, pp) in enumerate(zip(y, p, strict=True)):
+                w.writerow([f"I{i}", f"P{i}", "NOA" if yy else "OA", yy, name, i % 3, f"{pp:.6f}"])
+    block = {"auc": 0.8, "auc_ci": [0.7, 0.9]}
+    (run / "cv_report.json").write_text(json.dumps({
+        "input_size": 64, "folds": 3, "seed": 0, "selected_backbone": "A", "selection": "highest AUC",
+        "backbones": {n: {"folds": [{"metrics": {"image": {"auc": 0.8}}, "best_epoch": 1}], "fold_wall_s": 5,
+                          "pooled": {"image": block, "patient": block}} for n in probs}}))
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "benchmarks/cv_table.py", str(run)], cwd=root, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    paired = [line for line in out.stdout.split("| p (Holm) |", 1)[1].splitlines() if line.startswith("| ")]
+    assert [line.split(" | ")[:2] for line in paired] == [["| A", "B"], ["| A", "C"], ["| B", "C"]]
+    for line, t in zip(paired, res["tests"], strict=True):
+        assert line.endswith(f"| {t['p']:.3g} | {t['p_holm']:.3g} |")

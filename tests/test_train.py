@@ -176,8 +176,11 @@ def test_cv_table_prints_one_row_per_backbone_and_marks_the_selected(quick_run):
     out = subprocess.run([sys.executable, "benchmarks/cv_table.py", str(run)], cwd=root, capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and "backbone" not in line]
+    first_table = out.stdout.split("| backbone", 1)[1].split("\n\n", 1)[0]  # the paired-test table follows it
+    rows = [line for line in first_table.splitlines() if line.startswith("| ")]
     assert len(rows) == len(report["backbones"])
+    k = len(report["backbones"])
+    assert out.stdout.count("| p (Holm) |") == 1 and len(report["paired_backbone_tests"]["tests"]) == k * (k - 1) // 2
     selected = report["selected_backbone"]
     auc = report["backbones"][selected]["pooled"]["image"]["auc"]
     assert any(r.startswith(f"| **{selected}** | {auc:.3f}") for r in rows)
