@@ -151,3 +151,34 @@ def cine_rgb(cine: Path, index: int):
     cap.release()
     assert ok, f"{cine}: no frame {index}"
     return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+
+
+def poll(check, timeout: float = 10.0, every: float = 0.05):
+    """The first truthy value of check() within `timeout` s, else its last (falsy) value: the tests' one way
+    to wait on a condition (never sleep-then-read)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    return check()
+
+
+def wait_until(check, what: str, timeout: float = 90.0, every: float = 0.1):
+    """poll(), failing the test with what was awaited when it never came."""
+    value = poll(check, timeout, every)
+    if not value:
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    return value
+
+
+@pytest.fixture(scope="module")
+def client(daemon):
+    """An HTTP client on the module's `daemon` fixture (each daemon test module defines its own daemon)."""
+    import httpx
+
+    with httpx.Client(base_url=daemon.url, timeout=30) as c:
+        yield c

@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 import shutil
 import threading
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from conftest import poll
 from edge.capture import (
     FolderSource,
     FrameGrabber,
@@ -25,15 +25,6 @@ from edge.capture import (
     open_source,
 )
 from edge.inbox import Inbox, InboxWorker
-
-
-def wait_for(predicate, timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 def read_all_frames(path: Path) -> list[np.ndarray]:
@@ -72,13 +63,13 @@ def test_cine_from_file_frozen_stretches_trigger_exactly_one_analysis_each(demo_
     grabber = FrameGrabber(open_source(f"video:{demo_cine}"),
                            on_still=lambda frame, trigger, info: analyzer.analyze(frame, trigger=trigger)).start()
     try:  # one loop of the cine at its own frame rate (6 s), plus the last analysis
-        assert wait_for(lambda: grabber.frames_captured >= sidecar["frames"], timeout=30)
+        assert poll(lambda: grabber.frames_captured >= sidecar["frames"], timeout=30)
         st = grabber.status()
         assert st["state"] == "live" and st["frame_size"] == [800, 600]
     finally:
         grabber.stop()
     assert grabber.freezes == 2
-    assert wait_for(lambda: store.count() == 2, timeout=10)
+    assert poll(lambda: store.count() == 2, timeout=10)
     exams = store.list_exams()
     assert {e["trigger"] for e in exams} == {"freeze"}
     assert all(e["roi_method"] == "auto" for e in exams)
@@ -116,13 +107,13 @@ def test_only_the_newest_frame_is_kept():
     try:
         for _ in range(300):  # a slow consumer: 300 frames arrive while nobody looks
             source.allowed.release()
-        assert wait_for(lambda: grabber.frames_captured == 300, timeout=30)
+        assert poll(lambda: grabber.frames_captured == 300, timeout=30)
         frame, seq = grabber.latest()
         assert frame.shape == (48, 64, 3) and seq == 300 and _number(frame) == 300  # exactly the newest
         assert grabber.status()["frames_dropped"] == 299  # every older one dropped, never queued
         for _ in range(5):  # looked at: the next frames drop all but the newest again
             source.allowed.release()
-        assert wait_for(lambda: grabber.frames_captured == 305, timeout=30)
+        assert poll(lambda: grabber.frames_captured == 305, timeout=30)
         frame, seq = grabber.latest()
         assert seq == 305 and _number(frame) == 305 and grabber.status()["frames_dropped"] == 299 + 4
         frame_again, seq_again = grabber.latest()  # nothing new: the same frame, nothing dropped
@@ -146,12 +137,12 @@ def test_folder_source_new_files_only(tmp_path, demo_cine, caplog):
     worker = InboxWorker(inbox, decode_still, on_still=lambda f, trigger, info: seen.append((f.shape, trigger)),
                          on_frame=grabber.publish).start()
     try:
-        assert wait_for(lambda: grabber.state == "live", timeout=5)
+        assert poll(lambda: grabber.state == "live", timeout=5)
         cv2.imwrite(str(folder / "new.jpg"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-        assert wait_for(lambda: len(seen) == 1, timeout=5)
+        assert poll(lambda: len(seen) == 1, timeout=5)
         (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")  # failed item, watch goes on
         shutil.copy(examples.get_path("ybr_color"), folder / "us_ybr.dcm")  # US multi-frame, JPEG baseline
-        assert wait_for(lambda: len(seen) == 2 and inbox.stats()["depth"] == 0, timeout=15)
+        assert poll(lambda: len(seen) == 2 and inbox.stats()["depth"] == 0, timeout=15)
         assert grabber.state == "live"
         assert grabber.latest()[0].shape == (240, 320, 3)  # the newest still is on the live view
     finally:
@@ -169,11 +160,11 @@ def test_lost_source_shows_state_and_reconnects_with_backoff(tmp_path, demo_cine
     grabber = FrameGrabber(OpenCVSource(str(video), "video", loop=True), backoff_initial_s=0.1,
                            backoff_max_s=0.4).start()
     try:
-        assert wait_for(lambda: grabber.state == "lost", timeout=5)
+        assert poll(lambda: grabber.state == "lost", timeout=5)
         assert "not found" in grabber.status()["error"]
-        assert wait_for(lambda: grabber.reconnects >= 3, timeout=5)
+        assert poll(lambda: grabber.reconnects >= 3, timeout=5)
         shutil.copy(demo_cine, video)  # the cable is plugged back in
-        assert wait_for(lambda: grabber.state == "live" and grabber.frames_captured > 3, timeout=10)
+        assert poll(lambda: grabber.state == "live" and grabber.frames_captured > 3, timeout=10)
         assert grabber.status()["error"] == ""
     finally:
         grabber.stop()
@@ -215,7 +206,7 @@ def test_dicom_source_each_pushed_image_becomes_an_exam(test_bundle, tmp_path):
     d = DaemonProcess(test_bundle, tmp_path / "data", source=f"dicom:NOAEDGE@{port}").wait_ready()
     files = [examples.get_path(n) for n in ("ybr_color", "palette_color", "jpeg2k")]
     try:
-        assert wait_for(lambda: httpx.get(d.url + "/api/health").json()["source"]["state"] == "live", timeout=10)
+        assert poll(lambda: httpx.get(d.url + "/api/health").json()["source"]["state"] == "live", timeout=10)
         for f in files:
             syntax = str(pydicom.dcmread(f, stop_before_pixels=True).file_meta.TransferSyntaxUID)
             propose = {"1.2.840.10008.1.2.4.50": ["-xy"], "1.2.840.10008.1.2.4.90": ["-xv"],
@@ -223,7 +214,7 @@ def test_dicom_source_each_pushed_image_becomes_an_exam(test_bundle, tmp_path):
             proc = subprocess.run([storescu, "-aec", "NOAEDGE", *propose, "127.0.0.1", str(port), str(f)],
                                   capture_output=True, text=True, timeout=60)
             assert proc.returncode == 0, proc.stderr
-        assert wait_for(lambda: httpx.get(d.url + "/api/exams").json()["total"] == len(files), timeout=60), d.log()
+        assert poll(lambda: httpx.get(d.url + "/api/exams").json()["total"] == len(files), timeout=60), d.log()
         exams = httpx.get(d.url + "/api/exams").json()["exams"]
         assert {e["trigger"] for e in exams} == {"dicom"}
         assert all(e.get("study_instance_uid") for e in exams)

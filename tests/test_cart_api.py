@@ -13,7 +13,6 @@ import re
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -23,7 +22,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 
-from conftest import ROOT, DaemonProcess, cine_rgb, free_port
+from conftest import ROOT, DaemonProcess, cine_rgb, free_port, wait_until
 from edge.daemon import Daemon, DaemonConfig
 from edge.held_frames import frame_sha256
 from edge.wording import result_sentence
@@ -43,15 +42,6 @@ def decoded_sha(png: bytes) -> str:
     return frame_sha256(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
 
 
-def wait_for(check, what: str, timeout: float = 90.0, every: float = 0.2):
-    """Poll `check` until it returns something truthy (no sleep-then-read)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +51,6 @@ def daemon(test_bundle, demo_cine, tmp_path_factory):
     yield d
     d.stop()
 
-
-@pytest.fixture(scope="module")
-def client(daemon):
-    with httpx.Client(base_url=daemon.url, timeout=30) as c:
-        yield c
 
 
 def upload(client, png: bytes, name: str = "frame.png", **form) -> dict:
@@ -97,7 +82,7 @@ def test_freeze_analyses_exactly_the_held_pixels_after_the_live_source_moved_on(
         newest = client.post("/api/freeze").json()
         return newest if newest["frame_sha256"] != held["frame_sha256"] else None
 
-    newest = wait_for(newest_differs, "the live source to move on")
+    newest = wait_until(newest_differs, "the live source to move on")
     exam = analyze(client, frame_id=held["frame_id"], **CLINICAL)
     stored = client.get(exam["links"]["frame"])
     assert stored.headers["content-type"] == "image/png"
@@ -327,7 +312,7 @@ def _auto_exam_held_after(client, after: dt.datetime) -> dict:
             if e["trigger"] == "freeze" and dt.datetime.fromisoformat(e["held_at"]) > after:
                 return e
         return None
-    return wait_for(check, "an automatic exam")
+    return wait_until(check, "an automatic exam")
 
 
 def test_automatic_exams_use_the_open_context_and_new_patient_makes_them_dl_only(auto_client):
@@ -411,7 +396,7 @@ def test_demo_keeps_exams_in_a_temporary_folder(test_bundle):
                 return httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).json()
             except httpx.HTTPError:
                 return None
-        health = wait_for(ready, "the demo daemon")
+        health = wait_until(ready, "the demo daemon")
         assert health["data_dir"] == folder.rsplit("/", 1)[1]
         assert (Path(folder) / "exams.sqlite3").exists()
     finally:

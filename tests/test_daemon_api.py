@@ -39,11 +39,6 @@ def daemon(test_bundle, demo_cine, tmp_path_factory):
     d.stop()
 
 
-@pytest.fixture(scope="module")
-def client(daemon):
-    with httpx.Client(base_url=daemon.url, timeout=30) as c:
-        yield c
-
 
 def analyze(client, png: bytes | None, **form):
     files = {"image": ("frame.png", png, "image/png")} if png is not None else None

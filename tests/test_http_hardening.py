@@ -20,7 +20,7 @@ import numpy as np
 import psutil
 import pytest
 
-from conftest import ROOT, DaemonProcess
+from conftest import ROOT, DaemonProcess, wait_until
 from test_daemon_api import cine_frame_png
 
 ARTIFACTS = ROOT / "test-artifacts"
@@ -39,14 +39,6 @@ def live(test_bundle, demo_cine, tmp_path_factory):
     d.stop()
 
 
-def wait_for(cond, timeout=30.0, what="condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # ----------------------------------------------------------------------------------------- no hang
@@ -92,7 +84,7 @@ def test_aborted_streams_never_hang_the_api(test_bundle, demo_cine, tmp_path, so
             assert not aborter.is_alive()
             # every aborted stream gave its slot back: a new viewer is served (or told at once: no source)
             want = 503 if source == "none" else 200
-            wait_for(lambda: _stream_opens(d.url) == want, what=f"a fresh stream answering {want}")
+            wait_until(lambda: _stream_opens(d.url) == want, what=f"a fresh stream answering {want}")
             for path in ("/api/health", "/"):
                 assert c.get(path).status_code == 200
     finally:
@@ -129,7 +121,7 @@ def test_stream_delivers_frames_and_is_capped(live):
     finally:
         for s in held:
             s.close()
-    wait_for(lambda: _stream_opens(live.url) == 200, what="slots given back after the viewers left")
+    wait_until(lambda: _stream_opens(live.url) == 200, what="slots given back after the viewers left")
 
 
 # ----------------------------------------------------------------------------------------- strict inputs
@@ -302,7 +294,7 @@ def test_wrong_tokens_are_rate_limited(guarded):
             assert c.get("/api/health", headers={"Authorization": f"Bearer more-{i}"}).status_code == 429
     assert httpx.get(guarded.url + "/api/health",  # another address is not locked out
                      headers={"Authorization": "Bearer file-token-123456"}).status_code == 200
-    wait_for(lambda: "locked out" in guarded.log(), what="the lockout log line")
+    wait_until(lambda: "locked out" in guarded.log(), what="the lockout log line")
     assert guarded.log().count("locked out") == 1  # one line per lockout, not per request
     metrics = httpx.get(guarded.url + "/metrics", headers={"Authorization": "Bearer file-token-123456"}).text
     assert "noa_edge_auth_lockouts_total 1" in metrics

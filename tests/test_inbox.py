@@ -20,20 +20,13 @@ import pytest
 from pydicom import examples
 from pydicom.uid import generate_uid
 
-from conftest import DaemonProcess, free_port
+from conftest import DaemonProcess, free_port, poll
 from edge.inbox import Inbox, InboxWorker, exam_stored_for
 
 STORESCU = shutil.which("storescu")
 needs_dcmtk = pytest.mark.skipif(STORESCU is None, reason="dcmtk storescu not installed (make sysdeps)")
 
 
-def wait_for(predicate, timeout: float, step: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 def make_us_files(folder: Path, n: int, prefix: str = "us") -> list[tuple[Path, str]]:
@@ -110,7 +103,7 @@ def test_put_is_durable_ordered_deduplicated_and_bounded(tmp_path):
     worker = InboxWorker(again, _decode, on_still=lambda f, kind, info: seen.append((kind, info["inbox_item"])))
     worker.start()
     try:
-        assert wait_for(lambda: again.stats()["depth"] == 0, timeout=10)
+        assert poll(lambda: again.stats()["depth"] == 0, timeout=10)
     finally:
         worker.stop()
     assert seen == [("dicom", 1), ("folder", 2), ("folder", 3)]
@@ -143,7 +136,7 @@ def test_worker_failures_bad_item_fails_analysis_retries_transient_waits(tmp_pat
 
     worker = InboxWorker(inbox, decode, on_still, transient=(DiskFull,), retry_s=0.05).start()
     try:
-        assert wait_for(lambda: inbox.stats()["depth"] == 0, timeout=10)
+        assert poll(lambda: inbox.stats()["depth"] == 0, timeout=10)
     finally:
         worker.stop()
     assert calls["n"] == 4
@@ -163,7 +156,7 @@ def test_item_interrupted_mid_analysis_is_not_analysed_twice_when_its_exam_exist
     worker = InboxWorker(inbox, _decode, on_still=lambda f, k, info: seen.append(info["sop_instance_uid"]),
                          already_done=lambda item: exam_stored_for(lambda limit: exams, item)).start()
     try:
-        assert wait_for(lambda: inbox.stats()["depth"] == 0, timeout=10)
+        assert poll(lambda: inbox.stats()["depth"] == 0, timeout=10)
     finally:
         worker.stop()
     assert seen == ["1.2.10"] and inbox.stats()["done"] == 2
@@ -177,11 +170,11 @@ def test_fifty_objects_in_one_association_become_fifty_exams_and_repeats_one(tes
     port = free_port()
     d = DaemonProcess(test_bundle, tmp_path / "data", source=f"dicom:NOAEDGE@{port}").wait_ready()
     try:
-        assert wait_for(lambda: httpx.get(d.url + "/api/health").json()["source"]["state"] == "live", timeout=20)
+        assert poll(lambda: httpx.get(d.url + "/api/health").json()["source"]["state"] == "live", timeout=20)
         result = storescu(port, [p for p, _ in files])
         assert result.returncode == 0, result.stderr[-2000:]
         assert len(acknowledged(result.stderr)) == 50
-        assert wait_for(lambda: len(exams_of(d)) == 50 and inbox_of(d)["depth"] == 0, timeout=300), d.log()
+        assert poll(lambda: len(exams_of(d)) == 50 and inbox_of(d)["depth"] == 0, timeout=300), d.log()
         assert {e["sop_instance_uid"] for e in exams_of(d)} == {uid for _, uid in files}
         assert all(e["trigger"] == "dicom" for e in exams_of(d))
 
@@ -190,8 +183,8 @@ def test_fifty_objects_in_one_association_become_fifty_exams_and_repeats_one(tes
         for _ in range(3):
             result = storescu(port, [same])
             assert result.returncode == 0 and "Received Store Response (Success)" in result.stderr
-        assert wait_for(lambda: len(exams_of(d)) == 51 and inbox_of(d)["depth"] == 0, timeout=60), d.log()
-        assert wait_for(lambda: d.log().count("already received (same SOP Instance UID)") == 2, timeout=10), d.log()
+        assert poll(lambda: len(exams_of(d)) == 51 and inbox_of(d)["depth"] == 0, timeout=60), d.log()
+        assert poll(lambda: d.log().count("already received (same SOP Instance UID)") == 2, timeout=10), d.log()
         assert inbox_of(d)["duplicates"] == 2
         metrics = httpx.get(d.url + "/metrics").text
         assert "noa_edge_inbox_depth 0" in metrics and 'noa_edge_inbox_items_total{outcome="duplicates"} 2' in metrics
@@ -214,7 +207,7 @@ def test_kill_9_during_intake_loses_nothing_acknowledged(test_bundle, tmp_path):
         files = make_us_files(tmp_path / f"round{r}", 12, f"r{r}_")
         uid_of.update({str(p): uid for p, uid in files})
         d = DaemonProcess(test_bundle, data, source=f"dicom:NOAEDGE@{port}").wait_ready()
-        assert wait_for(lambda url=d.url: httpx.get(url + "/api/health").json()["source"]["state"] == "live",
+        assert poll(lambda url=d.url: httpx.get(url + "/api/health").json()["source"]["state"] == "live",
                         timeout=20)
         proc = subprocess.Popen([STORESCU, "-v", "-aet", "CART", "-aec", "NOAEDGE", "127.0.0.1", str(port),
                                  *(str(p) for p, _ in files)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
@@ -228,7 +221,7 @@ def test_kill_9_during_intake_loses_nothing_acknowledged(test_bundle, tmp_path):
             sent_ok[uid_of[path]] = path
     d = DaemonProcess(test_bundle, data, source=f"dicom:NOAEDGE@{port}").wait_ready()
     try:
-        assert wait_for(lambda: inbox_of(d)["depth"] == 0, timeout=300), d.log()
+        assert poll(lambda: inbox_of(d)["depth"] == 0, timeout=300), d.log()
         stored = [e["sop_instance_uid"] for e in exams_of(d)]
     finally:
         d.stop()
@@ -244,11 +237,11 @@ def test_folder_ten_files_at_once_ten_exams_and_restart_keeps_taken(test_bundle,
     make_us_files(tmp_path / "history", 1, "old")[0][0].rename(cart / "old.dcm")  # there before: history
     d = DaemonProcess(test_bundle, tmp_path / "data", source=f"folder:{cart}").wait_ready()
     try:
-        assert wait_for(lambda: httpx.get(d.url + "/api/health").json()["source"]["state"] == "live", timeout=20)
+        assert poll(lambda: httpx.get(d.url + "/api/health").json()["source"]["state"] == "live", timeout=20)
         staged = make_us_files(tmp_path / "staging", 10, "f")
         for path, _ in staged:  # ten files arrive at once (rename: each appears whole)
             path.rename(cart / path.name)
-        assert wait_for(lambda: len(exams_of(d)) == 10 and inbox_of(d)["depth"] == 0, timeout=180), d.log()
+        assert poll(lambda: len(exams_of(d)) == 10 and inbox_of(d)["depth"] == 0, timeout=180), d.log()
         assert {e["sop_instance_uid"] for e in exams_of(d)} == {uid for _, uid in staged}
         assert {e["trigger"] for e in exams_of(d)} == {"folder"}
     finally:
@@ -258,8 +251,8 @@ def test_folder_ten_files_at_once_ten_exams_and_restart_keeps_taken(test_bundle,
     extra[0].rename(cart / extra[0].name)
     d = DaemonProcess(test_bundle, tmp_path / "data", source=f"folder:{cart}").wait_ready()
     try:
-        assert wait_for(lambda: len(exams_of(d)) == 11, timeout=120), d.log()
-        assert wait_for(lambda: inbox_of(d)["depth"] == 0, timeout=30)
+        assert poll(lambda: len(exams_of(d)) == 11, timeout=120), d.log()
+        assert poll(lambda: inbox_of(d)["depth"] == 0, timeout=30)
         time.sleep(1.0)  # a few polls of the folder: nothing else may appear
         assert len(exams_of(d)) == 11
     finally:

@@ -1,11 +1,11 @@
 """Exam store: whole-or-nothing inserts, the idle-time lossless frame recompression, derived ROI images."""
 
-import time
 
 import cv2
 import numpy as np
 import pytest
 
+from conftest import poll
 from edge.cam import roi_view
 from edge.capture import demo_cine_path
 from edge.imaging import frame_png_bytes, jpeg_bytes, png_bytes
@@ -30,13 +30,6 @@ def _decode(png: bytes) -> np.ndarray:
     return cv2.cvtColor(cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
-def _wait_for(cond, timeout=10.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.mark.parametrize("colour", [False, True], ids=["gray", "colour"])
@@ -47,7 +40,7 @@ def test_uncompressed_frame_is_recompressed_losslessly_when_idle(tmp_path, colou
     store.recompress_idle_s = 0.1
     try:
         exam = store.add_exam(_exam(), raw, None, jpeg_bytes(frame), recompress_frame=True)
-        assert _wait_for(lambda: len(store.get_image(exam["id"], "frame")) < len(raw) * 0.9), \
+        assert poll(lambda: len(store.get_image(exam["id"], "frame")) < len(raw) * 0.9), \
             "frame was not recompressed"
         assert np.array_equal(_decode(store.get_image(exam["id"], "frame")), frame)
         roi = _decode(store.get_image(exam["id"], "roi"))  # derived from frame + roi, never stored
@@ -67,7 +60,7 @@ def test_frames_left_uncompressed_by_a_previous_run_are_queued_on_reopen(tmp_pat
     reopened = ExamStore(tmp_path)
     reopened.recompress_idle_s = 0.1
     try:
-        assert _wait_for(lambda: len(reopened.get_image(exam["id"], "frame")) < len(raw) * 0.9)
+        assert poll(lambda: len(reopened.get_image(exam["id"], "frame")) < len(raw) * 0.9)
         assert np.array_equal(_decode(reopened.get_image(exam["id"], "frame")), frame)
     finally:
         reopened.close()
@@ -112,16 +105,16 @@ def test_file_shrinks_after_recompressing_many_frames(tmp_path):
         for i in range(40):
             frame = _big_frame(i)
             store.add_exam(_exam(), frame_png_bytes(frame, level=0), None, jpeg_bytes(frame), recompress_frame=True)
-        assert _wait_for(lambda: store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0)
+        assert poll(lambda: store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0)
         before = store.db_bytes()
         store.recompress_idle_s = 0.05
         store._work.set()
         pending = "SELECT COUNT(*) FROM exams WHERE frame_pending = 1"
-        assert _wait_for(lambda: store._db.execute(pending).fetchone()[0] == 0, timeout=120), "not recompressed"
-        assert _wait_for(lambda: store.db_bytes() < before * 0.5, timeout=60), (before, store.db_bytes())
+        assert poll(lambda: store._db.execute(pending).fetchone()[0] == 0, timeout=120), "not recompressed"
+        assert poll(lambda: store.db_bytes() < before * 0.5, timeout=60), (before, store.db_bytes())
         # pages given back, not kept; waited for: the last vacuum runs just after the last frame's UPDATE
         freelist = "PRAGMA freelist_count"
-        assert _wait_for(lambda: store._db.execute(freelist).fetchone()[0] < 64, timeout=60), \
+        assert poll(lambda: store._db.execute(freelist).fetchone()[0] < 64, timeout=60), \
             store._db.execute(freelist).fetchone()[0]
         after = store.db_bytes()
         print(f"\nDB before recompression {before / 1e6:.1f} MB, after (incremental vacuum) {after / 1e6:.1f} MB")
