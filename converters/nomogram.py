@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from converters import tripod
 from converters.errors import NomogramInputError
 from edge.clinical import VARIABLES
 from edge.nomogram import SCHEMA, Nomogram, nice_ticks, points_scaling
@@ -345,6 +346,7 @@ def analyse(run_dir: str | Path, dataset=None, predictors: list[str] | None = No
         "patient": patient_block(patients, y, prob, chosen_thr["threshold"]),
         "notes": notes, "methods": {**METHODS, "threshold": THRESHOLD_METHODS[thr_spec["kind"]]},
     }
+    report["tripod_ai"] = tripod.checklist(report)
     if write:
         write_outputs(run_dir, report, y, scores, spec)
     return report

@@ -1,7 +1,8 @@
 """RUN/report.html: one self-contained page (figures embedded as base64) a clinician can read.
 
 Laid out along the TRIPOD+AI results items: participant flow, characteristics, model specification,
-performance (discrimination, classification, calibration, clinical utility), how to use the nomogram.
+performance (discrimination, classification, calibration, clinical utility), how to use the nomogram, and the
+TRIPOD+AI checklist (converters/tripod.py) whose html pointers are the section ids here.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
 th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}
 .banner{background:#b00020;color:#fff;font-weight:bold;padding:10px 14px;font-size:16px;text-align:center}
 .note{background:#fff6d6;border-left:4px solid #e0b400;padding:6px 10px;margin:6px 0}
-.method{color:#555;font-size:12.5px}img{max-width:100%}
+.method{color:#555;font-size:12.5px}img{max-width:100%}.tripod td{text-align:left}
 """
 
 
@@ -68,7 +69,7 @@ def render(rep: dict, figures: dict[str, Path]) -> str:
     if rep.get("synthetic_demo"):
         out.append("<div class='banner'>synthetic demo model — not for diagnosis (phantom cohort)</div>")
     out.append(f"<h1>NOA vs OA nomogram — development report</h1>"
-               f"<p>Dataset <b>{escape(str(rep.get('dataset_name')))}</b> ({escape(str(rep['dataset']))}), "
+               f"<p id='data'>Dataset <b>{escape(str(rep.get('dataset_name')))}</b> ({escape(str(rep['dataset']))}), "
                f"source: {escape(str(rep.get('source_kind')))}; DL backbone <b>{escape(rep['backbone'])}</b> "
                f"(out-of-fold probabilities from patient-grouped cross-validation). "
                f"Unit of analysis: {escape(rep['unit_of_analysis'])}. Missing data: {escape(rep['missing_data'])}.</p>")
@@ -78,7 +79,7 @@ def render(rep: dict, figures: dict[str, Path]) -> str:
     # 1. flow
     fl = rep["flow"]
     g = fl["groups"]
-    out.append("<h2>1. Participants (flow)</h2>")
+    out.append("<h2 id='flow'>1. Participants (flow)</h2>")
     out.append(_table(["Step", "Patients", "Images (testes)"], [
         ["Dataset", str(fl["patients"]), str(fl["images"])],
         *[[f"&nbsp;&nbsp;{k}", str(v["patients"]), str(v["images"])] for k, v in g.items()],
@@ -95,7 +96,7 @@ def render(rep: dict, figures: dict[str, Path]) -> str:
     # 2. characteristics
     t1 = rep["table1"]
     groups = list(t1["counts"])
-    out.append("<h2>2. Characteristics (Table 1)</h2>")
+    out.append("<h2 id='characteristics'>2. Characteristics (Table 1)</h2>")
     head = ["Variable (level)"] + [f"{escape(k)}<br>patients {v['patients']}, images {v['images']}"
                                    for k, v in t1["counts"].items()] + ["p (all groups)", "p (OA vs NOA)"]
     rows = []
@@ -114,7 +115,8 @@ def render(rep: dict, figures: dict[str, Path]) -> str:
 
     # 3. model
     m = rep["model"]
-    out.append("<h2>3. Model specification</h2><h3>Univariable logistic regression (NOA vs OA)</h3>")
+    out.append("<h2 id='model'>3. Model specification</h2>"
+               "<h3 id='univariable'>Univariable logistic regression (NOA vs OA)</h3>")
     rows = []
     for u in rep["univariable"]:
         if "error" in u:
@@ -126,7 +128,7 @@ def render(rep: dict, figures: dict[str, Path]) -> str:
     out.append(_table(["Candidate", "n images", "missing", "OR per " + "unit", "95% CI", "p", "AUC"], rows))
     out.append("<p class='method'>OR per unit of the variable (DL probability: per unit of its logit). "
                f"Univariable p &lt; 0.05: {escape(', '.join(rep['univariable_significant']) or 'none')}.</p>")
-    out.append("<h3>Multivariable model (the nomogram)</h3>")
+    out.append("<h3 id='multivariable'>Multivariable model (the nomogram)</h3>")
     rows = [[escape(c["name"]), _f(c["coef"], 4), _f(c["se"], 4), _f(c.get("odds_ratio")), _ci(c.get("or_ci")),
              _p(c["p"])] for c in m["coefficients"]]
     out.append(_table(["Term", "β", "SE", "OR", "95% CI", "Wald p"], rows))
@@ -138,7 +140,7 @@ def render(rep: dict, figures: dict[str, Path]) -> str:
                f"<p class='method'>{escape(rep['methods']['model'])}</p>")
 
     # 4. performance
-    out.append("<h2>4. Performance</h2><h3>Discrimination</h3>")
+    out.append("<h2 id='performance'>4. Performance</h2><h3 id='discrimination'>Discrimination</h3>")
     rows = [[escape(rep["labels"][k]), _f(d["auc"]), _ci(d["ci"]),
              _p(rep["comparisons"][k]["p"]) if k in rep["comparisons"] else "reference"]
             for k, d in rep["discrimination"].items()]
@@ -157,7 +159,7 @@ def render(rep: dict, figures: dict[str, Path]) -> str:
     at = perf["at_threshold"]
     t = at["table"]
     rule = rep.get("threshold_rule", "youden")
-    out.append(f"<h3>Classification at the threshold {at['threshold']:.3f} (threshold rule: "
+    out.append(f"<h3 id='classification'>Classification at the threshold {at['threshold']:.3f} (threshold rule: "
                f"<code class='threshold-rule'>{escape(rule)}</code>, development)</h3>")
     out.append(_table(["", "NOA (observed)", "OA (observed)"],
                       [["Predicted NOA", str(t["tp"]), str(t["fp"])], ["Predicted OA", str(t["fn"]), str(t["tn"])]]))
@@ -167,7 +169,7 @@ def render(rep: dict, figures: dict[str, Path]) -> str:
     out.append(f"<p class='method'>{escape(rep['methods']['threshold'])} {escape(rep['methods']['proportions'])}</p>")
     pat = rep.get("patient")
     if pat:
-        out.append(f"<h3>Patient level ({pat['n_patients']} patients, {pat['n_events']} NOA)</h3>")
+        out.append(f"<h3 id='patient-level'>Patient level ({pat['n_patients']} patients, {pat['n_events']} NOA)</h3>")
         rows = [["AUC", _f(pat["auc"]), _ci(pat["auc_ci"])]]
         rows += [[k.capitalize(), _f(pat[k]), _ci(pat[f"{k}_ci"])] for k in ("sensitivity", "specificity", "accuracy")]
         out.append(_table(["Measure (patient)", "Value", "95% CI"], rows))
@@ -175,7 +177,7 @@ def render(rep: dict, figures: dict[str, Path]) -> str:
                    f"({escape(rule)}).</p>")
     v = rep.get("validation")
     if v:
-        out.append(f"<h3>Internal validation (bootstrap, B = {v['B']}, {v['B_used']} used; "
+        out.append(f"<h3 id='validation'>Internal validation (bootstrap, B = {v['B']}, {v['B_used']} used; "
                    f"resampling {escape(v['resampling'])})</h3>")
         rows = [[k, _f(x["apparent"], 4), _f(x["training"], 4), _f(x["test"], 4), _f(x["optimism"], 4),
                  _f(x["corrected"], 4)] for k, x in v["indexes"].items()]
@@ -185,14 +187,14 @@ def render(rep: dict, figures: dict[str, Path]) -> str:
                    f"of the predicted probability; perfect calibration: intercept 0, slope 1.</p>")
         if "calibration_png" in figures:
             out.append(_img(figures["calibration_png"], "calibration curves"))
-    out.append("<h3>Clinical utility (decision curve)</h3>")
+    out.append("<h3 id='decision-curve'>Clinical utility (decision curve)</h3>")
     if "dca_png" in figures:
         out.append(_img(figures["dca_png"], "decision curve"))
     out.append(f"<p class='method'>{escape(rep['methods']['dca'])}</p>")
 
     # 5. how to use
     nomo = rep["nomogram"]
-    out.append("<h2>5. How to use the nomogram</h2>")
+    out.append("<h2 id='how-to-use'>5. How to use the nomogram</h2>")
     if "nomogram_png" in figures:
         out.append(_img(figures["nomogram_png"], "nomogram"))
     rows = [[escape(p["label"]), escape(p["unit"] or "–"), escape(p["transform"]),
@@ -209,5 +211,25 @@ def render(rep: dict, figures: dict[str, Path]) -> str:
                "linear predictor "
                "(the widest-ranging predictor spans 0–100, as rms::nomogram). The device uses RUN/nomogram.json and "
                "refuses values outside the accepted range.</p>")
+    if rep.get("tripod_ai"):
+        out.append(_tripod(rep["tripod_ai"]))
     out.append("</body></html>")
     return "\n".join(out)
+
+
+def _pointer(p: dict) -> str:
+    ref = escape(p["ref"])
+    if p["kind"] == "html":
+        return f"<a href='{ref}'>{ref}</a>"
+    return f"<code>{'report.json: ' if p['kind'] == 'json' else ''}{ref}</code>"
+
+
+def _tripod(check: dict) -> str:
+    """Section 6: the TRIPOD+AI checklist (converters/tripod.py), one row per item."""
+    rows = [[escape(i["item"]), escape(i["topic"]), escape(i["status"]),
+             "<br>".join(_pointer(p) for p in i["where"]) or "–", escape(i["note"])] for i in check["items"]]
+    table = _table(["Item", "Topic", "Status", "Where", "Note"], rows).replace("<table>", "<table class='tripod'>", 1)
+    return (f"<h2 id='tripod'>6. {escape(check['guideline'])} checklist</h2>"
+            f"<p class='method'>Scope: {escape(check['scope'])}. Where each item is answered: a section of this "
+            "page, a key of report.json, or a documentation file.</p>"
+            + table)

@@ -7,7 +7,10 @@ converters/table1.py; both are re-exported here, so `from converters import stat
   delong_paired_test             pROC::roc.test(method = "delong", paired = TRUE)
   fit_logistic                   rms::lrm  (unpenalised ML, SEs from the inverse information matrix)
   bootstrap_validate             rms::validate(fit, B = 200)   (Harrell's optimism bootstrap)
-  calibration_curve              rms::calibrate(fit, B = 200)  (apparent + bias-corrected lowess curves)
+  calibration_curve              rms::calibrate(fit, B = 200)  (apparent + bias-corrected lowess curves;
+                                 converters/calibration.py)
+  calibration_in_the_large_and_slope   rms::val.prob "Intercept"/"Slope"; glm(y ~ offset(lp)) for the CITL
+  decision_curve                 net benefit as the dcurves package (Vickers & Elkin 2006)
   binomial_ci                    binom.test(x, n)$conf.int     (Clopper–Pearson exact interval)
 Only numpy and scipy (the host's [train] extra): no pandas, no statsmodels.
 """
@@ -19,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from converters.calibration import calibration_curve, lowess_at, lowess_r  # noqa: F401 (re-exported)
 from converters.errors import ModelInputError, SeparationError  # noqa: F401 (re-exported)
 from converters.roc import (  # noqa: F401 (re-exported: converters.stats is the statistics API)
     Z975,
@@ -288,12 +292,13 @@ def bootstrap_warning(B: int, failed: int) -> str | None:
 
 
 def bootstrap_validate(X, y, B: int = 200, seed: int = 0, clusters=None, fit: LogisticFit | None = None,
-                       calibration_grid: int = 50) -> dict:
+                       calibration_grid: int = 50, samples=None) -> dict:
     """Harrell's optimism bootstrap (rms::validate.lrm, method = "boot"), plus rms::calibrate curves.
 
     For each of B resamples: refit, compute the indexes on the resample (training) and on the original
     rows with the resample's model (test); optimism = mean(training − test); corrected = apparent −
-    optimism. Replicates that diverge (separation in the resample) are dropped and counted, as rms does."""
+    optimism. Replicates that diverge (separation in the resample) are dropped and counted, as rms does.
+    `samples` (B row-index arrays) replaces the drawn resamples: R's own, to compare number for number."""
     X = np.asarray(X, dtype=float)
     if X.ndim == 1:
         X = X[:, None]
@@ -304,7 +309,11 @@ def bootstrap_validate(X, y, B: int = 200, seed: int = 0, clusters=None, fit: Lo
     lp_app = X1 @ fit.coef
     apparent = _indexes(y, lp_app, np.ones(n))
 
-    samples = bootstrap_samples(n, B, seed, clusters)
+    if samples is None:
+        samples = bootstrap_samples(n, B, seed, clusters)
+    else:
+        samples = [np.asarray(s, dtype=int) for s in samples]
+        B = len(samples)
     W = np.zeros((B, n))
     for b, idx in enumerate(samples):
         W[b] = np.bincount(idx, minlength=n)
@@ -336,47 +345,14 @@ def bootstrap_validate(X, y, B: int = 200, seed: int = 0, clusters=None, fit: Lo
 
 
 # ------------------------------------------------------------------------------- calibration
-def lowess_at(x: np.ndarray, y: np.ndarray, at: np.ndarray, frac: float = 2 / 3) -> np.ndarray:
-    """Cleveland's local-linear tricube smoother without robustness iterations (R lowess(iter = 0)),
-    evaluated at the points `at` directly (R interpolates between anchor points with `delta`)."""
-    x = np.asarray(x, float)
-    y = np.asarray(y, float)
-    at = np.asarray(at, float)
-    n = len(x)
-    k = max(min(int(math.floor(frac * n + 1e-7)), n), 2)      # clowess: ns = floor(f*n)
-    d = np.abs(x[None, :] - at[:, None])                      # (g, n)
-    h = np.partition(d, k - 1, axis=1)[:, k - 1][:, None]    # distance to the k-th nearest point
-    with np.errstate(divide="ignore", invalid="ignore"):
-        w = np.where(d <= 0.999 * h, (1 - np.clip(d / h, 0, 1) ** 3) ** 3, 0.0)
-    w = np.where(d <= 0.001 * h, 1.0, w)
-    sw = w.sum(1)
-    xm = (w * x).sum(1) / sw
-    ym = (w * y).sum(1) / sw
-    sxx = (w * (x - xm[:, None]) ** 2).sum(1)
-    sxy = (w * (x - xm[:, None]) * (y - ym[:, None])).sum(1)
-    linear = np.sqrt(sxx) > 0.001 * np.ptp(x)               # clowess falls back to a local mean
-    slope = np.where(linear, sxy / np.where(sxx > 0, sxx, 1), 0.0)
-    return ym + slope * (at - xm)
-
-
 def _calibration_from_replicates(y, lp_app, lp_orig_ok, samples_ok, grid: int) -> dict:
-    """rms::calibrate: apparent lowess of y on predicted p, and the curve corrected by the mean
-    bootstrap optimism at 50 predicted values between the 5th smallest and 5th largest prediction."""
-    p_app = 1 / (1 + np.exp(-lp_app))
-    ps = np.sort(p_app)
-    lo, hi = ps[min(4, len(ps) - 1)], ps[max(len(ps) - 5, 0)]
-    predy = np.linspace(lo, hi, grid)
-    apparent = lowess_at(p_app, y, predy)
-    opt = np.zeros(grid)
-    for lp_b, idx in zip(lp_orig_ok, samples_ok, strict=True):
-        p_b = 1 / (1 + np.exp(-lp_b))
-        opt += lowess_at(p_b[idx], y[idx], predy) - lowess_at(p_b, y, predy)
-    opt /= max(len(samples_ok), 1)
-    corrected = np.clip(apparent - opt, 0, 1)
-    return {"predicted": predy.tolist(), "apparent": np.clip(apparent, 0, 1).tolist(),
-            "bias_corrected": corrected.tolist(),
-            "mean_absolute_error": float(np.mean(np.abs(corrected - predy))),
-            "smoother": "lowess, span 2/3, no robustness iterations", "B": len(samples_ok)}
+    """rms::calibrate curves (converters.calibration) for the report: probabilities clipped to [0, 1]."""
+    cal = calibration_curve(y, 1 / (1 + np.exp(-lp_app)), 1 / (1 + np.exp(-np.asarray(lp_orig_ok))), samples_ok, grid)
+    return {"predicted": cal["predicted"].tolist(), "apparent": np.clip(cal["apparent"], 0, 1).tolist(),
+            "bias_corrected": np.clip(cal["bias_corrected"], 0, 1).tolist(),
+            "mean_absolute_error": cal["mean_absolute_error"], "q90_absolute_error": cal["q90_absolute_error"],
+            "smoother": "lowess, span 2/3, no robustness iterations, delta 1% of the range (R lowess), as "
+                        "rms::calibrate", "B": len(samples_ok)}
 
 
 def calibration_in_the_large_and_slope(y, lp) -> dict:

@@ -1,6 +1,7 @@
 """Table 1 of the nomogram report: per-group summaries and a test chosen by the data (Shapiro–Wilk ->
 Welch t / ANOVA, else Mann–Whitney U / Kruskal–Wallis; chi-squared or Fisher exact for categories).
-scipy only; re-exported by converters.stats.
+scipy only; re-exported by converters.stats. Each p-value equals R's t.test / oneway.test(var.equal = TRUE) /
+wilcox.test / kruskal.test / chisq.test / fisher.test (tests/test_stats_vs_r.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,14 @@ def _is_normal(groups: list[np.ndarray]) -> bool:
             if shapiro(g[:5000]).pvalue <= 0.05:
                 return False
     return True
+
+
+def _mwu_method(a: np.ndarray, b: np.ndarray) -> str:
+    """R's wilcox.test rule: the exact distribution when both groups have < 50 values and there are no ties,
+    else the normal approximation with continuity and tie corrections (scipy's own "auto" goes exact only
+    below 9 values, which gives different p-values than R for 9–49)."""
+    both = np.concatenate([a, b])
+    return "exact" if len(a) < 50 and len(b) < 50 and len(np.unique(both)) == len(both) else "asymptotic"
 
 
 def compare_continuous(groups: dict[str, list]) -> dict:
@@ -48,7 +57,7 @@ def compare_continuous(groups: dict[str, list]) -> dict:
         try:
             if len(arrays) == 2:
                 r = (sps.ttest_ind(*arrays, equal_var=False) if normal
-                     else sps.mannwhitneyu(*arrays, alternative="two-sided"))
+                     else sps.mannwhitneyu(*arrays, alternative="two-sided", method=_mwu_method(*arrays)))
                 res["test"] = "Welch t-test" if normal else "Mann-Whitney U"
             else:
                 r = sps.f_oneway(*arrays) if normal else sps.kruskal(*arrays)
