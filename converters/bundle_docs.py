@@ -95,7 +95,32 @@ def model_card(manifest: dict, fidelity: dict, data) -> str:
               "- Grayscale B-mode only; Doppler colour inside the ROI is folded to luminance.",
               "- Not validated on patients: performance on a real cohort must be measured before any clinical use.",
               ""]
+    if manifest.get("lineage"):
+        lines += lineage_section(manifest)
     return "\n".join(lines)
+
+
+def lineage_section(manifest: dict) -> list[str]:
+    """MODEL_CARD.md lines on where this bundle comes from when `noa-edge recalibrate` made it from a parent."""
+    lin = manifest["lineage"]
+    c = lin["cohort"]
+    nomo = manifest["nomogram"]
+    lines = [f"## Lineage: site recalibration ({manifest['name']})",
+             f"Made by `{lin['tool']}` from bundle `{lin['parent_name']}` (sha256 of its manifest.json "
+             f"{lin['parent_sha256']}). The CNN files are the parent's, byte for byte; only the nomogram changed.",
+             f"- Method: **{lin['method']}** (requested: {lin['method_requested']}); {lin['method_reason']}.",
+             f"- Site cohort `{c['dataset']}` (sha256 {c.get('dataset_sha256')}, source kind {c.get('source_kind')}): "
+             f"{c['n_images']} images of {c['n_patients']} patients, {c['events_images']} NOA images "
+             f"({c['events_patients']} NOA patients).",
+             f"- New nomogram: intercept {fmt(nomo['intercept'])}, coefficients "
+             + ", ".join(f"{p['name']} {fmt(p['coef'])}" for p in nomo["predictors"])
+             + f"; threshold {fmt(manifest['threshold'])} ({nomo.get('threshold_method')}).",
+             "- Evidence: recalibration_report.html / recalibration.json in this bundle.",
+             "- The sections above describe the parent's training and the CNN; its probabilities are now "
+             "calibrated to this site's cohort, not the training cohort."]
+    if manifest["synthetic_demo"]:
+        lines.append("- synthetic demo model — not for diagnosis.")
+    return lines + [""]
 
 
 def fmt(value, digits: int = 4) -> str:
