@@ -3,7 +3,11 @@
 TensorFlow graph tracing costs minutes per backbone on 2 cores, so `BackboneTrainer` keeps one compiled
 model and resets its weights and optimizer state to their initial values for every fold instead of
 rebuilding it. Training uses augmented, class-weighted batches whose order depends only on (seed, fold,
-epoch, batch), and early stopping on the inner validation AUC. TensorFlow is imported inside.
+epoch, batch), fed by a tf.data pipeline that augments the next batches (numpy/OpenCV, which release the
+GIL) while the current one trains, from the ROIs decoded and cropped once per run (converters/train_data.py);
+early stopping on the inner validation AUC. The model is built under the run's precision (fp32 or Keras
+mixed_bfloat16, converters/precision.py); `export_model` gives the float32 model that is saved and converted.
+TensorFlow is imported inside.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import time
 import numpy as np
 
 from converters import require_train_extra
+from converters.precision import backbone_precision, export_copy, keras_policy
 
 # keras.applications ship BatchNormalization momentum 0.99-0.9997 (NASNetMobile 0.9997), tuned for ImageNet-length
 # runs. With a few hundred steps the moving averages barely leave their initial values, so inference-mode
@@ -46,8 +51,11 @@ class BackboneTrainer:
         self.keras, self.backbone, self.cfg, self.log = keras, backbone, cfg, log
         weights = cfg.weights.get(backbone)
         self.learning_rate = cfg.learning_rate or (1e-4 if weights else 1e-3)
+        self.precision = backbone_precision(cfg.precision, cfg.precision_requested, backbone)
+        self._build = lambda w: build_cam_model(backbone, cfg.input_size, w, seed=cfg.seed)
         t0 = time.perf_counter()
-        self.model = build_cam_model(backbone, cfg.input_size, weights, seed=cfg.seed)
+        with keras_policy(self.precision):
+            self.model = self._build(weights)
         for layer in self.model.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = min(float(layer.momentum), BN_MOMENTUM)
@@ -60,8 +68,9 @@ class BackboneTrainer:
         self.optimizer.build(self.train_model.trainable_variables)
         self._initial_model = [v.numpy() for v in self.model.variables]
         self._initial_optimizer = [v.numpy() for v in self.optimizer.variables]
-        log.info("%s: built at %d px (%d parameters, weights %s, lr %g) in %.1f s", backbone, cfg.input_size,
-                 self.model.count_params(), weights or "from scratch", self.learning_rate, time.perf_counter() - t0)
+        log.info("%s: built at %d px (%d parameters, weights %s, lr %g, precision %s) in %.1f s", backbone,
+                 cfg.input_size, self.model.count_params(), weights or "from scratch", self.learning_rate,
+                 self.precision, time.perf_counter() - t0)
 
     def reset(self) -> None:
         for v, a in zip(self.model.variables, self._initial_model, strict=False):
@@ -75,9 +84,9 @@ class BackboneTrainer:
         n_pos = int(y.sum())
         class_weight = {0: len(y) / (2.0 * (len(y) - n_pos)), 1: len(y) / (2.0 * n_pos)}
         weights = np.where(y == 1, class_weight[1], class_weight[0]).astype("float32")
-        batches = _augmented_batches(keras)(x, y.astype("float32").reshape(-1, 1), weights, cfg.batch_size,
-                                            cfg.seed, fold)
-        callbacks = [_progress_callback(keras)(desc, epochs, len(batches), self.log, cfg.progress)]
+        batches, steps = training_batches(x, y.astype("float32").reshape(-1, 1), weights, cfg.batch_size, cfg.seed,
+                                          fold, epochs)
+        callbacks = [_progress_callback(keras)(desc, epochs, steps, self.log, cfg.progress)]
         stopper = None
         if validation is not None:
             stopper = keras.callbacks.EarlyStopping(monitor=EARLY_STOP_MONITOR, mode="max", patience=cfg.patience,
@@ -85,8 +94,9 @@ class BackboneTrainer:
                                                     start_from_epoch=EARLY_STOP_WARMUP)
             callbacks.append(stopper)
             validation = (validation[0], validation[1].astype("float32").reshape(-1, 1))
-        history = self.train_model.fit(batches, validation_data=validation, epochs=epochs, verbose=0,
-                                       callbacks=callbacks)
+        history = self.train_model.fit(batches, steps_per_epoch=steps, validation_data=validation, epochs=epochs,
+                                       verbose=0, callbacks=callbacks,
+                                       shuffle=False)  # the batches are shuffled already (training_batches)
         hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
         epochs_run = len(hist.get("loss", []))
         best = int(stopper.best_epoch) + 1 if stopper is not None and stopper.best_weights is not None else epochs_run
@@ -100,31 +110,36 @@ class BackboneTrainer:
     def head_bias(self) -> float:
         return float(self.model.get_layer("head_dense").get_weights()[1][0])
 
+    def export_model(self):
+        """The trained model as float32 (a bf16-trained one is rebuilt under float32 with its weights)."""
+        return export_copy(self.model, lambda: self._build(None))
 
-def _augmented_batches(keras):
+
+def training_batches(x, y, w, batch_size: int, seed: int, fold: int, epochs: int):
+    """(tf.data.Dataset of (images, labels, weights) for all `epochs`, steps per epoch). Batch i of epoch e is
+    shuffled and augmented from (seed, fold, e, i) alone, so a run repeats exactly; prefetching overlaps the
+    augmentation of the next batches with the current training step."""
+    tf = require_train_extra("tensorflow")
     from converters.augment import augment_batch, batch_rng, epoch_order
 
-    class AugmentedBatches(keras.utils.PyDataset):
-        """Shuffled, augmented batches; batch i of epoch e depends only on (seed, fold, e, i)."""
+    n = len(x)
+    steps = math.ceil(n / batch_size)
 
-        def __init__(self, x, y, w, batch_size, seed, fold):
-            super().__init__()
-            self.x, self.y, self.w = x, y, w
-            self.batch_size, self.seed, self.fold, self.epoch = batch_size, seed, fold, 0
+    def batch(i):
+        epoch, b = divmod(int(i), steps)
+        idx = epoch_order(n, seed, fold, epoch)[b * batch_size:(b + 1) * batch_size]
+        return augment_batch(x[idx], batch_rng(seed, fold, epoch, b)), y[idx], w[idx]
 
-        def __len__(self):
-            return math.ceil(len(self.x) / self.batch_size)
+    def as_tensors(i):
+        xb, yb, wb = tf.numpy_function(batch, [i], (tf.uint8, tf.float32, tf.float32), stateful=False)
+        xb.set_shape((None, *x.shape[1:]))
+        yb.set_shape((None, *y.shape[1:]))
+        wb.set_shape((None,))
+        return xb, yb, wb
 
-        def __getitem__(self, i):
-            order = epoch_order(len(self.x), self.seed, self.fold, self.epoch)
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            xb = augment_batch(self.x[idx], batch_rng(self.seed, self.fold, self.epoch, i))
-            return xb, self.y[idx], self.w[idx]
-
-        def on_epoch_end(self):
-            self.epoch += 1
-
-    return AugmentedBatches
+    data = tf.data.Dataset.range(epochs * steps).map(as_tensors, num_parallel_calls=tf.data.AUTOTUNE,
+                                                       deterministic=True)
+    return data.prefetch(tf.data.AUTOTUNE), steps
 
 
 def _progress_callback(keras):

@@ -2,7 +2,8 @@
 
 PNG (IHDR), JPEG (SOF) and DICOM (Rows/Columns) sizes are read from headers plus a cheap end-of-file
 check for truncation, so `noa-edge validate` can check thousands of files quickly; pixels are decoded
-only by `read_image_file`, the one decoder host and device share (uint8 RGB, stored pixel grid).
+only by `read_image_file`, which calls the device's decoder (edge/imaging.py, edge/dicom_io.py): one decoder
+for host and device (uint8 RGB, stored pixel grid, the middle frame of a multi-frame DICOM object).
 """
 
 from __future__ import annotations
@@ -11,8 +12,13 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import pydicom
+from pydicom.pixels import get_decoder
 
 from converters.errors import ConvertersError
+from edge.dicom_io import DicomDecodeError, check_sop_class, frame_count
+from edge.errors import EdgeError
+from edge.imaging import MIN_SIDE, decode_image
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
@@ -38,11 +44,10 @@ def image_format(path: Path) -> str:
 def image_size(path: Path) -> tuple[int, int]:
     """(width, height) from the header, without decoding pixels; raises ImageProblem."""
     kind = image_format(path)
-    if kind == "png":
-        return _png_size(path)
-    if kind == "jpeg":
-        return _jpeg_size(path)
-    return _dicom_size(path)
+    width, height = {"png": _png_size, "jpeg": _jpeg_size, "dicom": _dicom_size}[kind](path)
+    if width < MIN_SIDE or height < MIN_SIDE:  # the decoder refuses these (edge.imaging.MIN_SIDE)
+        raise ImageProblem(f"image is {width}x{height} pixels; at least {MIN_SIDE}x{MIN_SIDE} needed")
+    return width, height
 
 
 def _png_size(path: Path) -> tuple[int, int]:
@@ -103,9 +108,6 @@ def _jpeg_size(path: Path) -> tuple[int, int]:
 
 
 def _dicom_size(path: Path) -> tuple[int, int]:
-    import pydicom
-    from pydicom.pixels import get_decoder
-
     try:
         # defer_size: read every element's header but leave big values (Pixel Data) on disk
         ds = pydicom.dcmread(path, defer_size=1024)
@@ -136,43 +138,27 @@ def _dicom_size(path: Path) -> tuple[int, int]:
             raise ImageProblem(f"DICOM Pixel Data is {length} bytes, expected {expected} (truncated?)")
     if int(ds.Rows) == 0 or int(ds.Columns) == 0:
         raise ImageProblem("DICOM has zero Rows/Columns")
+    try:  # the device's checks, from the header: SOP class, samples per pixel, pixel and frame limits
+        check_sop_class(ds, path.name)
+        frame_count(ds, path.name)
+    except DicomDecodeError as exc:
+        raise ImageProblem(str(exc).removeprefix(f"{path.name}: ")) from None
     return int(ds.Columns), int(ds.Rows)
 
 
 def read_image_file(path: str | Path) -> np.ndarray:
-    """PNG/JPEG/DICOM file -> uint8 RGB (H, W, 3). Multi-frame DICOM: the first frame.
-
-    Pixels stay in the stored grid (no EXIF rotation), because ROIs are given in that grid.
+    """PNG/JPEG/DICOM file -> uint8 RGB (H, W, 3), decoded by the device's own decoder
+    (`edge.imaging.decode_image`: the same function the daemon's upload, folder and C-STORE inputs use), so
+    training and the cart see the same pixels for the same file. Multi-frame DICOM: the middle frame
+    (`edge.dicom_io.default_frame_index`); grey DICOM through its modality and VOI LUT (window); pixels
+    stay in the stored grid (no EXIF rotation), because ROIs are given in that grid. Raises ImageProblem.
     """
-    import cv2
-
-    from edge.preprocess import to_rgb_uint8
-
     path = Path(path)
-    kind = image_format(path)
-    if kind in ("png", "jpeg"):
-        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)  # BGR(A), gray, or uint16; no EXIF turn
-        if img is None:
-            raise ImageProblem("OpenCV could not decode the file")
-        return to_rgb_uint8(img)
-    return _read_dicom(path)
-
-
-def _read_dicom(path: Path) -> np.ndarray:
-    from pydicom import Dataset as DicomDataset
-    from pydicom.pixels import apply_color_lut, pixel_array
-
-    from edge.preprocess import to_rgb_uint8
-
-    info = DicomDataset()
-    # index=0: first frame only (cine loops can hold hundreds); YBR is converted to RGB by pydicom
-    arr = pixel_array(str(path), ds_out=info, index=0)
-    photometric = str(info.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    if photometric == "PALETTE COLOR":
-        arr = apply_color_lut(arr, info)
-    if arr.ndim == 3 and arr.shape[2] == 3:
-        arr = np.ascontiguousarray(arr[:, :, ::-1])  # RGB -> BGR, the order to_rgb_uint8 expects
-    rgb = to_rgb_uint8(arr)
-    if photometric == "MONOCHROME1":  # 0 = white
-        rgb = 255 - rgb
-    return rgb
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ImageProblem(f"cannot read: {exc.strerror or exc}") from None
+    try:
+        return decode_image(data, path.name).frame
+    except EdgeError as exc:
+        raise ImageProblem(str(exc).removeprefix(f"{path.name}: ")) from None

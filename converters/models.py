@@ -19,6 +19,7 @@ from pathlib import Path
 
 from . import require_train_extra
 from .errors import WeightsError
+from .imagenet_weights import resolve_imagenet
 
 # name -> (keras.applications constructor, input scaling)
 BACKBONES = {
@@ -62,11 +63,8 @@ def resolve_weights(weights: str | None) -> str | None:
     """Only local files: offline carts and hosts never download from a hub."""
     if weights is None or weights == "" or weights == "none":
         return None
-    if weights == "imagenet":
-        raise WeightsError(
-            "ImageNet weights cannot be downloaded here (offline machine): pass --weights PATH to a local "
-            "Keras no-top .h5 file, e.g. NASNet-mobile-no-top.h5, or omit --weights to train from scratch"
-        )
+    if weights == "imagenet":  # its file depends on the backbone (and size): converters.imagenet_weights
+        raise WeightsError("'imagenet' is resolved per backbone by converters.imagenet_weights.resolve_imagenet")
     path = Path(weights)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
@@ -80,7 +78,7 @@ def build_cam_model(backbone: str = DEFAULT_BACKBONE, input_size: int = 224, wei
     keras = tf.keras
     name = canonical_backbone(backbone)
     ctor_name, scaling = BACKBONES[name]
-    weights_file = resolve_weights(weights)
+    weights_file = resolve_imagenet(name, input_size) if weights == "imagenet" else resolve_weights(weights)
     keras.utils.set_random_seed(seed)
 
     image = keras.Input(shape=(input_size, input_size, 3), dtype="uint8", name="image")
@@ -97,9 +95,10 @@ def build_cam_model(backbone: str = DEFAULT_BACKBONE, input_size: int = 224, wei
         raise
     features = keras.layers.Identity(name=FEATURES_LAYER)(base.output)
     features = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(features)
-    cam_map = keras.layers.Conv2D(1, 1, use_bias=True, name="head_dense")(features)  # Dense as 1x1 conv
-    logit = keras.layers.GlobalAveragePooling2D(name="head_gap")(cam_map)
-    prob = keras.layers.Activation("sigmoid", name="prob")(logit)
+    # the head computes in float32 under any training precision (converters/precision.py)
+    cam_map = keras.layers.Conv2D(1, 1, use_bias=True, name="head_dense", dtype="float32")(features)  # Dense as 1x1
+    logit = keras.layers.GlobalAveragePooling2D(name="head_gap", dtype="float32")(cam_map)
+    prob = keras.layers.Activation("sigmoid", name="prob", dtype="float32")(logit)
     h, w = cam_map.shape[1], cam_map.shape[2]
-    cam = keras.layers.Reshape((h, w), name="cam")(cam_map)
+    cam = keras.layers.Reshape((h, w), name="cam", dtype="float32")(cam_map)
     return keras.Model(inputs=image, outputs={"prob": prob, "cam": cam}, name=f"{name}_cam")

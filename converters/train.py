@@ -36,7 +36,9 @@ import numpy as np
 from converters import cv_report, require_train_extra
 from converters.backbone_trainer import EARLY_STOP_MONITOR, EARLY_STOP_WARMUP, BackboneTrainer, quiet_tensorflow
 from converters.errors import TrainError
+from converters.imagenet_weights import resolve_imagenet
 from converters.models import BACKBONES, canonical_backbone, resolve_weights
+from converters.precision import backbone_precision, cpu_bf16_flags, resolve_precision
 from converters.train_data import dataset_sha256, inner_validation_split, load_rois, make_folds, select_images
 from edge.bundle import sha256_file
 
@@ -63,6 +65,8 @@ class TrainConfig:
     max_images: int | None = None
     learning_rate: float | None = None
     progress: bool = True
+    precision: str = "fp32"                       # resolved: fp32 | bf16 (converters/precision.py)
+    precision_requested: str = "auto"
 
     def settings(self, dataset_sha: str, weight_shas: dict) -> dict:
         """Everything that changes fold results (resume only reuses folds made with the same settings)."""
@@ -70,13 +74,13 @@ class TrainConfig:
                 "batch_size": self.batch_size, "input_size": self.input_size, "seed": self.seed,
                 "patience": self.patience, "include_controls": self.include_controls, "quick": self.quick,
                 "max_images": self.max_images, "learning_rate": self.learning_rate,
-                "weights_sha256": weight_shas}
+                "weights_sha256": weight_shas, "precision": f"{self.precision} ({self.precision_requested})"}
 
 
 def make_config(dataset, out, backbones: str | list[str] | None = None, folds=None, epochs=None,
                 batch_size: int = 16, input_size=None, seed: int = 0, patience: int = 5,
                 weights: str | None = None, include_controls: bool = False, quick: bool = False,
-                max_images=None, learning_rate=None, progress: bool = True) -> TrainConfig:
+                max_images=None, learning_rate=None, progress: bool = True, precision: str = "auto") -> TrainConfig:
     """Options as typed on the command line -> checked TrainConfig (quick mode fills its own defaults)."""
     base = QUICK_DEFAULTS if quick else DEFAULTS
     names = backbones.split(",") if isinstance(backbones, str) else (backbones or list(BACKBONES))
@@ -94,7 +98,8 @@ def make_config(dataset, out, backbones: str | list[str] | None = None, folds=No
                       input_size=base["input_size"] if input_size is None else int(input_size),
                       seed=int(seed), patience=int(patience), include_controls=include_controls, quick=quick,
                       max_images=base["max_images"] if max_images is None else int(max_images),
-                      learning_rate=learning_rate, progress=progress)
+                      learning_rate=learning_rate, progress=progress,
+                      precision=resolve_precision(precision, eager=quick), precision_requested=str(precision).lower())
     for name, value, low in (("--folds", cfg.folds, 2), ("--epochs", cfg.epochs, 1),
                              ("--batch-size", cfg.batch_size, 1), ("--input-size", cfg.input_size, MIN_INPUT_SIZE),
                              ("--patience", cfg.patience, 0)):
@@ -104,20 +109,25 @@ def make_config(dataset, out, backbones: str | list[str] | None = None, folds=No
         raise TrainError(f"--max-images must be >= 4, got {cfg.max_images}")
     if learning_rate is not None and not (0 < learning_rate < 1):
         raise TrainError(f"--learning-rate must be in (0, 1), got {learning_rate}")
-    cfg.weights = parse_weights(weights, cfg.backbones)
+    cfg.weights = parse_weights(weights, cfg.backbones, cfg.input_size)
     return cfg
 
 
-def parse_weights(spec: str | None, backbones: list[str]) -> dict:
-    """'PATH' (one file, for a single backbone) or 'NASNetMobile=PATH,MobileNetV2=PATH'. Files must exist."""
+def _weights_file(spec: str, backbone: str, input_size: int) -> str | None:
+    """'imagenet' -> the backbone's ImageNet file (Keras cache or download); else a local file or nothing."""
+    return resolve_imagenet(backbone, input_size) if spec == "imagenet" else resolve_weights(spec)
+
+
+def parse_weights(spec: str | None, backbones: list[str], input_size: int = 224) -> dict:
+    """'imagenet' (every backbone), 'PATH' (one file, for a single backbone) or 'NASNetMobile=PATH,
+    MobileNetV2=imagenet'. Files must exist; ImageNet files come from the Keras cache or Keras' download."""
     if spec is None or spec.strip() == "":
         return {b: None for b in backbones}
     if "=" not in spec:
         if spec.strip() != "imagenet" and len(backbones) > 1:
             raise TrainError("--weights PATH fits one backbone only; with several backbones write "
                              "--weights NASNetMobile=PATH,MobileNetV2=PATH (backbones not listed start from scratch)")
-        path = resolve_weights(spec.strip())
-        return {b: path for b in backbones}
+        return {b: _weights_file(spec.strip(), b, input_size) for b in backbones}
     out = {b: None for b in backbones}
     for part in spec.split(","):
         name, _, path = part.partition("=")
@@ -127,7 +137,7 @@ def parse_weights(spec: str | None, backbones: list[str]) -> dict:
             raise TrainError(f"--weights: {exc}") from None
         if name not in out:
             raise TrainError(f"--weights names {name}, which is not in --backbones ({', '.join(backbones)})")
-        out[name] = resolve_weights(path.strip())
+        out[name] = _weights_file(path.strip(), name, input_size)
     return out
 
 
@@ -338,6 +348,10 @@ def _train(cfg, ds, rows, labels, groups, fold_of, run, log, t_start, tqdm) -> d
     cv_report.write_oof(run / "oof_predictions.csv", cfg.backbones, results, rows)
     gradcams = cv_report.gradcam_overlays(run, best_name, results[best_name], rows, rois)
     report = cv_report.build_report(cfg, dsha, rows, labels, n_pat, best_name, results, final, gradcams)
+    per_backbone = {b: backbone_precision(cfg.precision, cfg.precision_requested, b) for b in cfg.backbones}
+    precision = {"training": cfg.precision, "requested": cfg.precision_requested, "cpu_bf16_flags": cpu_bf16_flags(),
+                 "per_backbone": per_backbone, "exported_model": "float32"}
+    report["precision"] = precision
     _write_json(run / "cv_report.json", report)
     (run / "cv_report.html").write_text(cv_report.html_report(report, run, labels, groups), encoding="utf-8")
     run_json = {
@@ -345,7 +359,7 @@ def _train(cfg, ds, rows, labels, groups, fold_of, run, log, t_start, tqdm) -> d
         "backbones": cfg.backbones, "selected_backbone": best_name, "seed": cfg.seed, "folds": cfg.folds,
         "epochs": cfg.epochs, "batch_size": cfg.batch_size, "patience": cfg.patience,
         "include_controls": cfg.include_controls, "quick": cfg.quick, "max_images": cfg.max_images,
-        "weights": cfg.weights, "settings": settings,
+        "weights": cfg.weights, "settings": settings, "precision": precision,
         "cv_auc": results[best_name]["pooled"]["image"]["auc"],
         "cv_auc_ci": results[best_name]["pooled"]["image"]["auc_ci"],
         "cv_auc_patient": results[best_name]["pooled"]["patient"]["auc"],
@@ -425,7 +439,7 @@ def _final_model(cfg, backbone, result, trainer, rois, labels, run: Path, sha: s
              len(labels), epochs)
     out = trainer.fit(rois, labels, 0, epochs, f"{backbone} final")
     tmp = run / "model.tmp.keras"
-    trainer.model.save(tmp)
+    trainer.export_model().save(tmp)  # float32 whatever the training precision
     os.replace(tmp, model_path)
     rec = {"backbone": backbone, "epochs": epochs, "settings_sha": sha, "history": out["history"],
            "n_images": len(labels), "head_bias": trainer.head_bias(),

@@ -20,6 +20,7 @@ import numpy as np
 
 from converters.errors import TrainError
 from edge.bundle import sha256_file
+from edge.imaging import DECODER_VERSION
 
 INNER_VALIDATION_SPLITS = 5   # inner split: ~1/5 of the training patients validate (early stopping)
 
@@ -132,7 +133,8 @@ def load_rois(ds, rows: list[dict], size: int, cache_dir: Path, dataset_sha: str
 
     from edge.preprocess import crop_roi
 
-    path = cache_dir / f"rois_{size}_{dataset_sha[:16]}.npz"
+    # keyed by the decoder's version: a cache made by an older decoder (other frame, no VOI LUT) is not reused
+    path = cache_dir / f"rois_{size}_{dataset_sha[:16]}_d{DECODER_VERSION}.npz"
     cached: dict[str, np.ndarray] = {}
     if path.is_file():
         with np.load(path) as z:

@@ -212,11 +212,19 @@ def _decoder(ds: Dataset, source_name: str):
     return ts, decoder
 
 
+def default_frame_index(n_frames: int) -> int:
+    """THE frame rule for a multi-frame object, host and device alike: the middle frame (n // 2; frame 0 of a
+    single frame). A cine loop starts and ends while the probe is still being placed; its middle is the
+    view the sonographer kept (docs/CONTRACTS.md "One decoder")."""
+    return n_frames // 2
+
+
 def decode_dataset_frame(ds: Dataset, source_name: str, index: int | None = None) -> DicomFrame:
-    """Frame `index` (default the middle one) of a parsed dataset as uint8 RGB; only that frame is decoded."""
+    """Frame `index` (default: `default_frame_index`) of a parsed dataset as uint8 RGB; only that frame is
+    decoded."""
     n_frames = frame_count(ds, source_name)
     if index is None:
-        index = n_frames // 2
+        index = default_frame_index(n_frames)
     if not 0 <= index < n_frames:
         raise DicomDecodeError(f"{source_name}: frame index {index} out of range (the object has {n_frames} "
                                f"frame{'s' if n_frames != 1 else ''}: 0–{n_frames - 1})")

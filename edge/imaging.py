@@ -24,6 +24,9 @@ from .errors import InputError
 from .preprocess import to_rgb_uint8
 
 MIN_SIDE = 32  # smaller images cannot hold a testis ROI
+# The one decoder of host and device (converters/image_files.py calls decode_image too). Raise it whenever a
+# rule that changes pixels changes (frame choice, LUTs, colour conversion): the host's ROI cache is keyed by it.
+DECODER_VERSION = 2
 FORMATS = "PNG, JPEG, BMP, TIFF or DICOM"
 
 

@@ -177,13 +177,13 @@ def test_dicom_monochrome1_ybr_rgb_multiframe_and_16bit(tmp_path):
     write_dicom(tmp_path / "mono1.dcm", ramp, "MONOCHROME1")
     assert np.array_equal(read_image_file(tmp_path / "mono1.dcm")[:, :, 0], 255 - ramp)
 
-    rgb = np.zeros((16, 16, 3), np.uint8)
+    rgb = np.zeros((32, 32, 3), np.uint8)  # 32 px: the smallest side the one decoder accepts (edge.imaging)
     rgb[..., 0] = 200  # red
     write_dicom(tmp_path / "rgb.dcm", rgb, "RGB")
     assert tuple(read_image_file(tmp_path / "rgb.dcm")[3, 3]) == (200, 0, 0)
 
     # YCbCr of pure red (200, 0, 0), full range (BT.601): Y=60, Cb=94, Cr=228
-    ybr = np.zeros((16, 16, 3), np.uint8)
+    ybr = np.zeros((32, 32, 3), np.uint8)
     ybr[...] = (60, 94, 228)
     write_dicom(tmp_path / "ybr.dcm", ybr, "YBR_FULL")
     r, g, b = (int(v) for v in read_image_file(tmp_path / "ybr.dcm")[5, 5])
@@ -191,9 +191,10 @@ def test_dicom_monochrome1_ybr_rgb_multiframe_and_16bit(tmp_path):
 
     write_dicom(tmp_path / "cine.dcm", ramp, frames=4)
     assert dsmod.image_size(tmp_path / "cine.dcm") == (64, 48)
-    assert np.array_equal(read_image_file(tmp_path / "cine.dcm")[:, :, 2], ramp)  # first frame
+    # the middle frame (index 4 // 2 = 2: 255 - ramp), the device's rule (edge.dicom_io.default_frame_index)
+    assert np.array_equal(read_image_file(tmp_path / "cine.dcm")[:, :, 2], 255 - ramp)
 
-    deep = (np.tile(np.arange(64, dtype=np.uint16) * 64, (8, 1)))  # 12-bit values in 16 bits
+    deep = (np.tile(np.arange(64, dtype=np.uint16) * 64, (32, 1)))  # 12-bit values in 16 bits
     write_dicom(tmp_path / "deep.dcm", deep)
     out = read_image_file(tmp_path / "deep.dcm")
     # min-max stretched to the full range (to_rgb_uint8 truncates, so the top is 254 or 255)

@@ -328,8 +328,8 @@ def test_cli_missing_weights_file_and_hub_weights(cohort, tmp_path):
     _assert_clean_error(_cli(["train", str(cohort), "--out", str(tmp_path / "r"), "--quick", "--backbones",
                               "NASNetMobile", "--weights", str(tmp_path / "nope.h5")]),
                         "weights file not found", "nope.h5")
-    _assert_clean_error(_cli(["train", str(cohort), "--out", str(tmp_path / "r"), "--quick", "--backbones",
-                              "NASNetMobile", "--weights", "imagenet"]), "cannot be downloaded")
+    # --weights imagenet is no longer refused outright: Keras cache or download, offline one line naming the
+    # file and the folder (tests/test_imagenet_weights.py, with the network cut there)
     _assert_clean_error(_cli(["train", str(cohort), "--out", str(tmp_path / "r"), "--quick", "--backbones",
                               "VGG16"]), "unknown backbone")
 
