@@ -41,6 +41,7 @@ from converters.fidelity import (
     predict_tflite,
 )
 from converters.fp16_weights import choose_fp16_keep
+from converters.ood_fit import add_ood
 from converters.tflite_export import convert_onnx, convert_tflite, finalize_tflite, float_input_model, frozen_function
 
 TARGETS = ("cpu", "coral", "jetson")
@@ -382,6 +383,10 @@ def convert(run_dir: str | Path, out_dir: str | Path, cfg: ConvertConfig | None 
     from edge.bundle import finalize_manifest
 
     manifest = finalize_manifest(out, manifest)
+    if "fp32" in variants:  # the out-of-distribution description (converters/ood_fit.py), fitted on fp32 features
+        manifest = add_ood(out, run["dataset"], seed=seed, tool="noa-edge convert")
+    else:
+        _log("no fp32 variant (target cpu): the bundle gets no out-of-distribution description")
     _log(f"bundle written to {out} ({sum(p.stat().st_size for p in out.iterdir()) / 1e6:.1f} MB) "
          f"in {times['total_s']:.0f} s")
     return manifest

@@ -19,6 +19,7 @@ import numpy as np
 
 from converters import require_train_extra
 from converters.errors import ConvertError
+from converters.tflite_features import add_features
 from converters.tflite_flatbuffer import builtin_code, enum_names, pack, schema, unpack
 
 ONNX_OPSET = 17
@@ -78,8 +79,8 @@ def convert_tflite(function, kind: str, calibration: np.ndarray | None = None, p
 
 def finalize_tflite(buf: bytes, raw_pixel_input: bool) -> tuple[bytes, dict]:
     """Name the input `image` and the outputs `prob` and `cam` (tensor names and a serving_default
-    signature), and, for a quantized uint8 input feeding only QUANTIZE ops, set its quantization to
-    scale 1 / zero point 0 (raw pixels; exact, see the module docstring).
+    signature), add the `features` output, and, for a quantized uint8 input feeding only QUANTIZE ops, set
+    its quantization to scale 1 / zero point 0 (raw pixels; exact, see the module docstring).
     Returns the new flatbuffer and the input spec {dtype, scale, zero_point}."""
     tfl = schema()
     model = unpack(buf)
@@ -103,6 +104,7 @@ def finalize_tflite(buf: bytes, raw_pixel_input: bool) -> tuple[bytes, dict]:
     signature.inputs = [_tensor_map(tfl, "image", graph.inputs[0])]
     signature.outputs = [_tensor_map(tfl, name, index) for index, name in sorted(names.items(), key=lambda kv: kv[1])]
     model.signatureDefs = [signature]
+    add_features(model)  # the pooled features as a third output `features` (converters/tflite_features.py)
 
     tensor = graph.tensors[graph.inputs[0]]
     q = tensor.quantization

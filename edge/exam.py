@@ -47,6 +47,9 @@ class Exam(TypedDict, total=False):
     label: str                           # the bundle's positive or negative label
     basis: str                           # nomogram | dl_only
     notes: list[str]
+    ood: bool | None                     # True: the image is unlike the training data (edge/ood.py); None: no guard
+    ood_score: float | None              # min over classes of the squared Mahalanobis distance of the features
+    ood_threshold: float | None          # the bundle's threshold for the variant that ran
     bundle: ExamBundle
     timings: dict[str, float]            # ms per pipeline stage + total
     study_instance_uid: str              # when the frame came over DICOM

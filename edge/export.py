@@ -495,7 +495,11 @@ def structured_report(exam: Exam) -> Dataset:
             items.append(_num(_local(f"PTS_{predictor}"[:16], f"Nomogram points: {point_label(predictor)}"), pts,
                               _code("{points}", "UCUM", "points")))
     # the page's sentence; the arrow spelled out (the SR stays in the single-byte Latin-1 character set)
-    items.append(_text(_local("SENTENCE", "Result in words"), display(exam)["sentence"].replace("→", "->")))
+    words = display(exam)
+    items.append(_text(_local("SENTENCE", "Result in words"), words["sentence"].replace("→", "->").replace("—", "-")))
+    # the out-of-distribution check (edge/ood.py): flagged, within the threshold, or not checked
+    ood_text = (words["ood_text"] + ". " if words.get("ood") else "") + words.get("ood_detail", "")
+    items.append(_text(_local("OOD", "Out-of-distribution check"), ood_text.replace("—", "-")))
     if exam.get("roi"):
         items.append(_text(_local("ROI", "Region of interest x,y,w,h (pixels)"),
                            ",".join(str(int(v)) for v in exam["roi"])))

@@ -126,6 +126,9 @@ def summarize(sides: Mapping[str, Mapping], thresholds: Mapping[str, float], lab
         notes.append(f"only the {'left' if exams[0]['side'] == 'L' else 'right'} testis is analysed")
     if len({(e.get("bundle") or {}).get("sha256") for e in exams}) > 1:
         notes.append("the sides were scored by different model bundles")
-    return {"probability": prob, "basis": basis, "threshold": threshold,
+    ood = any(e.get("ood") for e in exams)  # a side unlike the training data (edge/ood.py) makes it unreliable
+    if ood:
+        notes.append("a side's image is unlike the training data: the patient-level result is not reliable")
+    return {"ood": ood, "probability": prob, "basis": basis, "threshold": threshold,
             "label": positive if prob >= threshold else negative, "rule": PATIENT_RULE,
             "sides_used": [e["side"] for e in exams], "exam_ids": [e["id"] for e in exams], "notes": notes}

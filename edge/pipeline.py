@@ -35,9 +35,11 @@ from .exam import Exam
 from .held_frames import TRIGGERS, HeldFrame, make_held_frame
 from .imaging import frame_png_bytes, jpeg_bytes
 from .nomogram import load_nomogram
+from .ood import OODGuard, flagged, load_guard
 from .preprocess import crop_roi
 from .roi import Box
 from .runtime import edgetpu_library
+from .runtime_select import select as select_runtime
 
 log = logging.getLogger("noa_edge.pipeline")
 
@@ -73,12 +75,14 @@ class Analyzer:
     """Loads the bundle once (model + nomogram) and turns frames into stored exams. Thread-safe: one
     analysis at a time (the interpreter is not re-entrant and the device has few cores)."""
 
-    def __init__(self, bundle_path: str | Path, variant: str = "auto", threads: int | None = None, store=None):
+    def __init__(self, bundle_path: str | Path, variant: str = "auto", threads: int | None = None, store=None,
+                 runtime: str = "auto"):
         self.bundle_path = Path(bundle_path)
         self.bundle = load_bundle(self.bundle_path)  # checks schema and every sha256; BundleError names the file
         self.manifest = self.bundle.manifest
-        self.variant = choose_variant(self.bundle, variant)
-        self.runner = self.bundle.runner(variant=self.variant, num_threads=threads)
+        # --runtime: a named one, or auto = the fastest installed one that meets the fidelity targets (probed)
+        self.selection = select_runtime(self.bundle, runtime, variant, threads)
+        self.runner, self.variant = self.selection.runner, self.selection.variant
         labels = self.manifest.get("labels", {})
         self.positive, self.negative = labels.get("positive", "NOA"), labels.get("negative", "OA")
         spec = self.manifest.get("nomogram")
@@ -95,6 +99,39 @@ class Analyzer:
         self.frame_png_level = 0
         self.analyses = 0
         self.stage_totals_ms: dict[str, float] = {}
+        self.ood, self.ood_threshold, self.ood_reason = self._ood_guard()
+        self.ood_flagged = 0  # exams flagged as unlike the training data since this bundle was loaded
+
+    def _ood_guard(self) -> tuple[OODGuard | None, float | None, str]:
+        """(guard, threshold of the running variant, why inactive): edge/ood.py. A bundle without a description
+        (built before the guard) still serves; /api/health says the guard is off and why."""
+        guard = load_guard(self.bundle_path, self.manifest)
+        if guard is None:
+            return None, None, "no OOD description in this bundle"
+        threshold = guard.threshold_for(self.variant)
+        if threshold is None:
+            return None, None, f"the bundle's OOD description has no threshold for the {self.variant} variant"
+        if not getattr(self.runner, "has_features", False):
+            return None, None, f"the {self.variant} model has no 'features' output"
+        return guard, threshold, ""
+
+    def ood_info(self) -> dict:
+        """Whether the out-of-distribution guard is active, its threshold, and why not (for /api/health)."""
+        active = self.ood is not None
+        return {"active": active, "threshold": self.ood_threshold, "variant": self.variant,
+                "quantile": self.ood.quantile if self.ood is not None else None,
+                "message": (f"active: an image scoring above {self.ood_threshold:.1f} is flagged as unlike the "
+                            "training data" if active else f"inactive: {self.ood_reason}"),
+                "flagged_since_load": self.ood_flagged}
+
+    def _ood_check(self) -> dict:
+        """The exam's OOD keys: score of the last run's features and whether it is above the threshold."""
+        features = getattr(self.runner, "last_features", None)
+        if self.ood is None or self.ood_threshold is None or features is None:
+            return {"ood": None, "ood_score": None, "ood_threshold": None}
+        score = self.ood.score(features)
+        return {"ood": flagged(score, self.ood_threshold), "ood_score": round(score, 3),
+                "ood_threshold": round(self.ood_threshold, 3)}
 
     # -- what the page and /api/health show
     def info(self) -> dict:
@@ -107,7 +144,7 @@ class Analyzer:
                     "placeholder": self.nomogram.placeholder,
                     "predictors": [{"name": p.name, "source": p.source, "label": p.label, "unit": p.unit,
                                     "range": list(p.range)} for p in self.nomogram.predictors]},
-                "runtime": runner}
+                "runtime": runner, "ood": self.ood_info()}
 
     def clinical_ranges(self) -> dict[str, tuple[float, float]]:
         if self.nomogram is None:
@@ -159,6 +196,8 @@ class Analyzer:
             with _stage(timings, "invoke"):
                 prob, cam = self.runner.run(model_input)
                 prob = float(np.asarray(prob).reshape(-1)[0])
+            with _stage(timings, "ood"):
+                ood = self._ood_check()
             with _stage(timings, "cam_overlay"):
                 overlay = cam_overlay(roi_view(frame_rgb, roi), cam, positive=prob >= self.dl_threshold)
             with _stage(timings, "nomogram"):
@@ -179,6 +218,7 @@ class Analyzer:
                 "labels": {"positive": self.positive, "negative": self.negative},
                 "bundle": {"name": self.manifest.get("name"), "sha256": self.sha256,
                            "synthetic_demo": self.synthetic_demo, "variant": self.variant},
+                **ood,
                 **(extra or {}),
             }
             # the stored copy has every stage but "store" itself (its duration is known only after the commit)
@@ -189,10 +229,11 @@ class Analyzer:
                                                recompress_frame=self.frame_png_level == 0)
             exam["timings"] = dict(timings, total=round((time.perf_counter() - t_total) * 1000.0 + held_before, 3))
             self.analyses += 1
+            self.ood_flagged += 1 if exam.get("ood") else 0
             for k, v in exam["timings"].items():
                 self.stage_totals_ms[k] = self.stage_totals_ms.get(k, 0.0) + v
-        log.info("exam %s: dl=%.3f nomogram=%s label=%s (%s, %.0f ms)", exam.get("id"), prob,
-                 exam["nomogram_probability"], exam["label"], trigger, exam["timings"]["total"])
+        log.info("exam %s: dl=%.3f nomogram=%s label=%s ood=%s (%s, %.0f ms)", exam.get("id"), prob,
+                 exam["nomogram_probability"], exam["label"], exam.get("ood"), trigger, exam["timings"]["total"])
         return exam
 
     def _score(self, prob: float, clinical: dict) -> dict:

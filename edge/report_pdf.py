@@ -126,7 +126,12 @@ def report_pdf(exam: Exam, nomogram_svg: str | None = None) -> bytes:
     pdf.banner(UNVERIFIED.upper(), (255, 236, 179), (120, 70, 0))
 
     label = str(exam.get("label", "-"))
-    pdf.para(f"Result: {label}", 15, True, (150, 0, 0) if label == "NOA" else (0, 90, 0), h=8)
+    if words.get("ood"):  # an image unlike the training data: the warning first, the label not as a result
+        pdf.banner(words["ood_text"].upper(), (106, 27, 154), (255, 255, 255))
+        pdf.para(words["ood_detail"], 8.5, color=(60, 60, 60), h=4.2)
+        pdf.para(f"Result: {label} (not reliable)", 15, True, (110, 110, 110), h=8)
+    else:
+        pdf.para(f"Result: {label}", 15, True, (150, 0, 0) if label == "NOA" else (0, 90, 0), h=8)
     pdf.para(words["sentence"], 11.5, True, h=6)
     pdf.para(words["threshold_explanation"], 8.5, color=(60, 60, 60), h=4.2)
     for note in exam.get("notes") or []:

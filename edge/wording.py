@@ -74,7 +74,13 @@ def probability(exam: Mapping) -> float | None:
 
 
 def result_sentence(exam: Mapping) -> str:
-    """e.g. "85 % probability of NOA (nomogram); above the 65 % threshold → NOA." """
+    """e.g. "85 % probability of NOA (nomogram); above the 65 % threshold → NOA."; an exam whose image is unlike
+    the training data (exam["ood"]) starts with the warning and gives the model's output as not a result."""
+    sentence = _plain_result_sentence(exam)
+    return f"{OOD_WARNING_SENTENCE} (Model output, not a result: {sentence})" if exam.get("ood") else sentence
+
+
+def _plain_result_sentence(exam: Mapping) -> str:
     p, t = probability(exam), exam.get("threshold")
     if p is None or t is None:
         return "No result."
@@ -144,8 +150,9 @@ def patient_sentence(result: Mapping, positive: str = "NOA") -> str:
     where = "above" if p > t else ("at" if p == t else "below")
     which = " and ".join({"L": "left", "R": "right"}[s] for s in result["sides_used"])
     basis = "nomogram" if result["basis"] == "nomogram" else "image model alone"
-    return (f"Patient: {ptxt} probability of {positive} (mean of {which}, {basis}); "
-            f"{where} the {ttxt} threshold → {result['label']}.")
+    sentence = (f"Patient: {ptxt} probability of {positive} (mean of {which}, {basis}); "
+                f"{where} the {ttxt} threshold → {result['label']}.")
+    return f"{OOD_WARNING_SENTENCE} (Model output, not a result: {sentence})" if result.get("ood") else sentence
 
 
 def display(exam: Mapping, strict: bool = True) -> dict:
@@ -158,16 +165,40 @@ def display(exam: Mapping, strict: bool = True) -> dict:
             raise
         return {"sentence": "This exam's stored values cannot be read.", "probability_text": "-",
                 "threshold_text": "-", "basis_text": "-", "threshold_explanation": "", "dl_probability_text": "-",
-                "inputs": [], "points": [], "created_local": str(exam.get("created", "-"))}
+                "inputs": [], "points": [], "created_local": str(exam.get("created", "-")),
+                "ood": exam.get("ood") is True, "ood_text": OOD_WARNING if exam.get("ood") is True else "",
+                "ood_detail": ""}
 
 
 def _display(exam: Mapping) -> dict:
     p, t = probability(exam), exam.get("threshold")
     ptxt, ttxt = pair_texts(float(p), float(t)) if p is not None and t is not None else (percent(p), percent(t))
+    if exam.get("ood"):
+        ptxt += " (not reliable)"
     return {"sentence": result_sentence(exam), "probability_text": ptxt, "threshold_text": ttxt,
+            "ood": bool(exam.get("ood")), "ood_text": OOD_WARNING if exam.get("ood") else "",
+            "ood_detail": ood_detail(exam),
             "basis_text": basis_text(exam), "threshold_explanation": threshold_explanation(exam),
             "dl_probability_text": percent(exam.get("dl_probability")),
             "inputs": input_rows(exam),
             "points": [{"label": point_label(k), "value_text": f"{float(v):.1f}"}
                        for k, v in (exam.get("points") or {}).items() if v is not None],
             "created_local": local_time(exam.get("created"))}
+
+
+# -- out-of-distribution guard (edge/ood.py): the words every surface shows for a flagged exam
+OOD_WARNING = "image unlike the training data — result not reliable"
+OOD_WARNING_SENTENCE = "Image unlike the training data — result not reliable."
+
+
+def ood_detail(exam: Mapping) -> str:
+    """What the guard found, in one line (or that there was no guard)."""
+    score, threshold = exam.get("ood_score"), exam.get("ood_threshold")
+    if exam.get("ood") is None or score is None or threshold is None:
+        return "Not checked against the training data (no out-of-distribution guard for this model bundle)."
+    if exam.get("ood"):
+        return (f"Out-of-distribution score {float(score):.0f} is above the bundle's threshold {float(threshold):.0f} "
+                "(the top 1 % of held-out training images): the image model was not trained on images like this "
+                "one, so its probability is not reliable here.")
+    return (f"Out-of-distribution score {float(score):.0f} is within the bundle's threshold {float(threshold):.0f}: "
+            "the image resembles the training data.")

@@ -96,8 +96,9 @@ def test_bundle_has_every_variant_and_verifies(converted):
     assert bundle.synthetic_demo is True  # phantom dataset
     times = bundle.manifest["conversion"]["times_s"]
     assert {"convert_fp32_s", "convert_fp16_s", "convert_int8_s", "convert_onnx_s"} <= set(times)
-    for name in ("MODEL_CARD.md", "README.md", "fidelity.json", "edgetpu_preflight.json"):
+    for name in ("MODEL_CARD.md", "README.md", "fidelity.json", "edgetpu_preflight.json", "ood.npz"):
         assert name in bundle.manifest["files"]
+    assert set(bundle.manifest["ood"]["thresholds"]) == {"fp32", "fp16", "int8"}  # issue 15: the OOD guard
     assert "trtexec --onnx=model.onnx --fp16 --saveEngine" in (converted["bundle"] / "README.md").read_text()
     assert "edgetpu_compiler -s" in converted["log"]  # exact command printed when the compiler is absent
 
@@ -154,7 +155,8 @@ def test_outputs_are_found_by_name_even_without_signature(converted, tmp_path):
     schema = _schema()
     model = schema.ModelT.InitFromPackedBuf(bytearray(path.read_bytes()), 0)
     graph = model.subgraphs[0]
-    assert sorted(graph.tensors[i].name.decode() for i in graph.outputs) == ["cam", "prob"]
+    # issue 15: a third output, the pooled features of the OOD guard (converters/tflite_features.py)
+    assert sorted(graph.tensors[i].name.decode() for i in graph.outputs) == ["cam", "features", "prob"]
     # drop the signature (as some runtimes/compilers do) and swap the output order: names still win
     model.signatureDefs = []
     graph.outputs = list(reversed(list(graph.outputs)))
@@ -395,7 +397,8 @@ def test_demo_bundle_meets_fidelity_targets():
     assert bundle.synthetic_demo and not bundle.nomogram.get("placeholder")
     assert bundle.manifest["input"]["shape"] == [1, 224, 224, 3]
     assert {"fp32", "fp16", "int8"} <= set(bundle.variants)
-    assert sum(p.stat().st_size for p in DEMO.rglob("*") if p.is_file()) <= 40 * 1024 * 1024
+    # budget raised from 40 to 60 MB for the ONNX variant (issue 16)
+    assert sum(p.stat().st_size for p in DEMO.rglob("*") if p.is_file()) <= 60 * 1024 * 1024
     fid = bundle.fidelity()
     assert fid["n_rois"] >= 200
     assert fid["variants"]["fp32"]["max_abs_dprob"] <= 1e-4

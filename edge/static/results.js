@@ -27,6 +27,11 @@ export function createResults({ isBusy, openPatient }) {
     $("result-label").textContent = e.label;
     $("result-label").className = "label " + e.label;
     $("result-sentence").textContent = d.sentence || "";
+    // an image unlike the training data: the warning first, the probability struck through (edge/wording.py)
+    $("result-ood").hidden = !e.ood;
+    $("result-ood-text").textContent = e.ood ? d.ood_text || "" : "";
+    $("result-ood-detail").textContent = e.ood ? d.ood_detail || "" : "";
+    panel.classList.toggle("unreliable", !!e.ood);
     $("result-prob-label").textContent = "Probability of " + ((e.labels && e.labels.positive) || "NOA");
     $("result-prob").textContent = d.probability_text || "";
     $("result-threshold").textContent = d.threshold_text || "";

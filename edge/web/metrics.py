@@ -30,6 +30,10 @@ def metrics_text(d: Daemon) -> str:
     metric("noa_edge_auth_failures_total", "counter", "Requests with a missing or wrong token",
            [({}, c["auth_failures"])])
     metric("noa_edge_exams_stored", "gauge", "Exams in the store", [({}, d.store.count())])
+    metric("noa_edge_ood_exams_total", "counter", "Exams flagged as unlike the training data (OOD guard) since the "
+           "bundle was loaded", [({}, d.analyzer.ood_flagged)])
+    metric("noa_edge_ood_guard_active", "gauge", "1 when the bundle's out-of-distribution guard is active",
+           [({}, 1 if d.analyzer.ood is not None else 0)])
     n = max(d.analyzer.analyses, 1)
     metric("noa_edge_stage_seconds_sum", "counter", "Time spent per pipeline stage",
            [({"stage": k}, round(v / 1000.0, 6)) for k, v in sorted(d.analyzer.stage_totals_ms.items())])
@@ -61,6 +65,14 @@ def metrics_text(d: Daemon) -> str:
            [({}, inbox["oldest_age_s"] or 0)])
     metric("noa_edge_inbox_items_total", "counter", "Inbox items by outcome (duplicates and refusals since start)",
            [({"outcome": k}, inbox[k]) for k in ("done", "failed", "duplicates", "refused_full")])
+    ret = d.retention.stats.report()  # edge/retention.py: --keep-days, --max-exams, --max-disk-mb
+    metric("noa_edge_retention_runs_total", "counter", "Retention passes", [({}, ret["runs"])])
+    metric("noa_edge_retention_deleted_exams_total", "counter", "Exams deleted by retention",
+           [({}, ret["deleted_total"])])
+    metric("noa_edge_retention_freed_bytes_total", "counter", "Exam bytes deleted by retention",
+           [({}, ret["bytes_freed_total"])])
+    metric("noa_edge_retention_kept_unpushed", "gauge", "Exams a limit would delete, kept (not yet pushed to "
+           "the PACS) at the last pass", [({}, ret["kept_unpushed"])])
     rss = resident_memory_bytes()
     if rss is not None:
         metric("process_resident_memory_bytes", "gauge", "Resident memory of the daemon", [({}, rss)])
