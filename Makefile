@@ -4,10 +4,11 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PACKAGES := dcmtk dicom3tools chromium r-base-core r-cran-rms r-cran-proc fonts-dejavu-core poppler-utils
+BASE_STAMP := $(VENV)/.installed-base
+APT_PACKAGES := dcmtk dicom3tools chromium r-base-core r-cran-rms r-cran-proc fonts-dejavu-core poppler-utils systemd
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-fast lint mutants venv sysdeps firmware tflite-env axe bench clean
+.PHONY: demo test test-fast lint mutants venv venv-base sysdeps firmware tflite-env axe bench wheelhouse clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,6 +17,23 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 venv: $(STAMP)
+
+# The device install alone (no TensorFlow, scikit-learn, matplotlib): what `make demo` needs. `make test`
+# later adds the extras to the same .venv; a .venv that already has them is left as it is.
+$(BASE_STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	@touch $(BASE_STAMP)
+
+venv-base: $(BASE_STAMP)
+
+# Offline wheelhouse for a device: wheelhouse/$(PLATFORM)-py$(PYTHON)/ (binary wheels + install.sh, --no-index).
+PLATFORM ?= x86_64
+PYTHON ?= $(shell $(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+wheelhouse: venv-base
+	@test -x $(BIN)/uv || $(BIN)/pip install --quiet 'uv>=0.9,<0.10'
+	PIP="$(BIN)/python -m pip" UV=$(BIN)/uv bash deploy/wheelhouse.sh $(PLATFORM) $(PYTHON) wheelhouse/$(PLATFORM)-py$(PYTHON)
 
 # Debian packages the tests use: a real DICOM peer, a real browser, R's rms/pROC as the statistics reference.
 sysdeps:
@@ -62,7 +80,7 @@ lint: venv
 mutants: venv
 	$(BIN)/python tests/mutants/run.py $(MUTANTS_ARGS)
 
-demo: venv
+demo: venv-base
 	$(BIN)/noa-edge demo
 
 # Regenerates firmware_assets/demo-phantom reproducibly from the seed (long: trains a network).
@@ -73,4 +91,4 @@ bench: venv
 	$(BIN)/noa-edge bench
 
 clean:
-	rm -rf $(VENV) $(TFLITE_VENV) build *.egg-info
+	rm -rf $(VENV) $(TFLITE_VENV) build *.egg-info wheelhouse

@@ -372,6 +372,10 @@ class FrameGrabber:
         self._worker.start()
         return self
 
+    def is_alive(self) -> bool:
+        """The capture thread and the still worker both run (the service watchdog asks)."""
+        return self._thread.is_alive() and self._worker.is_alive()
+
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         self._thread.join(timeout)

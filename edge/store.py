@@ -71,6 +71,12 @@ CREATE TABLE IF NOT EXISTS exams (
     frame_pending INTEGER NOT NULL DEFAULT 0  -- 1: frame_png stored uncompressed, recompress when idle
 );
 CREATE INDEX IF NOT EXISTS exams_created ON exams(created);
+CREATE TABLE IF NOT EXISTS pacs_pushes (   -- successful C-STOREs: retention never deletes an unpushed exam
+    exam_id INTEGER NOT NULL, pacs TEXT NOT NULL, pushed TEXT NOT NULL, PRIMARY KEY (exam_id, pacs)
+);
+CREATE TABLE IF NOT EXISTS deleted_exams (  -- tombstones: an open page of a deleted exam says why it is gone
+    id INTEGER PRIMARY KEY, deleted TEXT NOT NULL, reason TEXT NOT NULL
+);
 """
 
 class StoreError(EdgeError, RuntimeError):
@@ -331,6 +337,56 @@ class ExamStore:
         with self._lock:
             row = self._db.execute(f"SELECT {kind}_png FROM exams WHERE id = ?", (int(exam_id),)).fetchone()
         return bytes(row[0]) if row else None
+
+    # ------------------------------------------------------------------ retention (edge/retention.py)
+    def record_push(self, exam_id: int, pacs: str) -> None:
+        """Remember that every object of this exam reached `pacs` (the retention rule reads it)."""
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO pacs_pushes (exam_id, pacs, pushed) VALUES (?, ?, ?)",
+                             (int(exam_id), pacs, utc_now()))
+
+    def retention_rows(self) -> list[tuple[int, str, int, list[str]]]:
+        """(id, created, bytes, PACS it was pushed to) of every exam, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT e.id, e.created, length(e.frame_png) + length(e.roi_png) + length(e.overlay_png) "
+                "+ length(e.exam_json), (SELECT group_concat(p.pacs, char(10)) FROM pacs_pushes p "
+                "WHERE p.exam_id = e.id) FROM exams e ORDER BY e.created, e.id").fetchall()
+        return [(r[0], r[1], int(r[2]), r[3].split("\n") if r[3] else []) for r in rows]
+
+    def delete_exam(self, exam_id: int, reason: str) -> bool:
+        """Delete one exam, its push records, and leave a tombstone, in ONE transaction (all or nothing)."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                cur = self._db.execute("DELETE FROM exams WHERE id = ?", (int(exam_id),))
+                self._db.execute("DELETE FROM pacs_pushes WHERE exam_id = ?", (int(exam_id),))
+                if cur.rowcount:
+                    self._db.execute("INSERT OR REPLACE INTO deleted_exams (id, deleted, reason) VALUES (?, ?, ?)",
+                                     (int(exam_id), utc_now(), reason))
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise StoreError(f"exam {exam_id} not deleted: {exc}") from exc
+        self._work.set()  # the background thread checkpoints; freed pages go back at the next vacuum
+        return cur.rowcount > 0
+
+    def shrink(self) -> None:
+        """Give pages freed by deletions back to the filesystem (incremental vacuum, then a TRUNCATE checkpoint)."""
+        with self._lock:
+            self._incremental_vacuum(self._db)
+
+    def missing(self, exam_id) -> str:
+        """Why an exam id has no exam: deleted by retention (when, why) or never stored."""
+        row = None
+        if _valid_id(exam_id):
+            with self._lock:
+                row = self._db.execute("SELECT deleted, reason FROM deleted_exams WHERE id = ?",
+                                       (int(exam_id),)).fetchone()
+        if row is None:
+            return f"exam {exam_id} not found"
+        return f"exam {exam_id} was deleted on {row[0][:10]} by the retention policy ({row[1]})"
 
     def integrity_problems(self) -> list[str]:
         """Rows with a missing part (should never exist: every insert is one transaction)."""

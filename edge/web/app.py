@@ -8,6 +8,7 @@ are optional, stay in the local store and are never logged.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -46,6 +47,7 @@ def create_app(cfg: DaemonConfig) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app):
         daemon.start_capture()
+        daemon.announce_ready(asyncio.get_running_loop())  # systemd READY=1, then the watchdog
         log.info("noa-edge serving bundle %s (%s) on http://%s:%d", daemon.analyzer.manifest.get("name"),
                  "synthetic demo" if daemon.analyzer.synthetic_demo else "clinical", cfg.host, cfg.port)
         try:

@@ -29,14 +29,14 @@ def build(ctx: WebContext) -> APIRouter:
     @router.get("/api/exams/{exam_id}", summary="One stored exam", responses=declare(404, 422))
     def get_exam(exam_id: ExamId):
         exam = d.store.get_exam(exam_id)
-        return public_exam(exam) if exam else error(404, f"exam {exam_id} not found")
+        return public_exam(exam) if exam else error(404, d.store.missing(exam_id))
 
     @router.get("/api/exams/{exam_id}/nomogram.svg", summary="The nomogram with this exam's values marked",
                 response_class=Response, responses=declare(404, 422, svg="image/svg+xml"))
     def nomogram_svg(exam_id: ExamId):
         exam = d.store.get_exam(exam_id)
         if exam is None:
-            return error(404, f"exam {exam_id} not found")
+            return error(404, d.store.missing(exam_id))
         svg = d.analyzer.nomogram_svg(exam)
         if svg is None:
             return error(404, "the bundle has no nomogram")

@@ -27,12 +27,12 @@ def build(ctx: WebContext) -> APIRouter:
         if kind not in ("frame", "roi", "overlay"):
             return error(404, f"unknown image {kind!r}: frame, roi, overlay or report")
         data = d.store.get_image(exam_id, kind)  # the ROI image is derived from the frame by the store
-        return Response(data, media_type=image_media_type(data)) if data else error(404, f"exam {exam_id} not found")
+        return Response(data, media_type=image_media_type(data)) if data else error(404, d.store.missing(exam_id))
 
     def export(exam_id: int, what: str):
         exam = d.store.get_exam(exam_id, with_images=True)
         if exam is None:
-            return error(404, f"exam {exam_id} not found")
+            return error(404, d.store.missing(exam_id))
         name = f"noa-edge-exam-{exam_id}"
         try:
             if what == "report.png":
@@ -71,13 +71,16 @@ def build(ctx: WebContext) -> APIRouter:
             return error(409, "no PACS configured: start the daemon with --pacs AE@host:port")
         exam = d.store.get_exam(exam_id, with_images=True)
         if exam is None:
-            return error(404, f"exam {exam_id} not found")
+            return error(404, d.store.missing(exam_id))
         try:
             results = ex.push_to_pacs([ex.secondary_capture(exam), ex.structured_report(exam)], pacs)
         except ex.PacsError as exc:
             return error(502, str(exc))
         except ex.ExportError as exc:
             return error(409, str(exc))
-        return {"pacs": pacs, "results": results, "ok": all(r["ok"] for r in results)}
+        ok = all(r["ok"] for r in results)
+        if ok:
+            d.store.record_push(exam_id, pacs)  # retention may now delete it (edge/retention.py)
+        return {"pacs": pacs, "results": results, "ok": ok}
 
     return router

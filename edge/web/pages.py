@@ -49,7 +49,7 @@ def build(ctx: WebContext) -> APIRouter:
     def exam_page(request: Request, exam_id: int):
         exam = d.store.get_exam(exam_id)
         if exam is None:
-            return error(404, f"exam {exam_id} not found")
+            return error(404, d.store.missing(exam_id))
         return page(request, "exam.html", exam=public_exam(exam), svg=d.analyzer.nomogram_svg(exam))
 
     return router
