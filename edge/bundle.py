@@ -8,8 +8,9 @@ manifest does not list: a byte flipped on an SD card, a copy cut short or a file
 must stop the cart with a message that names the file, never produce a probability.
 
 `manifest_sha256` (sha256 of the manifest's canonical JSON without that key) also catches edits to
-the manifest itself, e.g. a hand-changed threshold. It guards against accidents, not attackers:
-there is no signature.
+the manifest itself, e.g. a hand-changed threshold. It guards against accidents, not attackers: anyone
+can re-hash. Against those, a bundle carries `manifest.sig`, an Ed25519 signature over the manifest's bytes
+(edge/bundle_signing.py), which is the one file the manifest cannot list; `serve --trust-key` requires it.
 """
 
 from __future__ import annotations
@@ -17,17 +18,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
 from .errors import EdgeError
-from .runtime import ModelRunner
+from .runtime import RUNTIME_ALIASES, ModelRunner
+from .runtime_onnx import OnnxRunner
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 FIDELITY = "fidelity.json"
 PREFLIGHT = "edgetpu_preflight.json"
+SIGNATURE = "manifest.sig"  # Ed25519 over manifest.json's bytes (edge/bundle_signing.py); not in the manifest
 VARIANT_TARGETS = {"fp32": "cpu", "fp16": "cpu", "int8": "coral", "edgetpu": "coral", "onnx": "jetson"}
 REQUIRED_KEYS = ("schema_version", "name", "created", "synthetic_demo", "intended_use", "labels", "input",
                  "outputs", "variants", "default_variant", "nomogram", "nomogram_sha256", "threshold",
@@ -57,6 +61,8 @@ class Manifest(TypedDict, total=False):
     provenance: dict[str, Any]
     files: dict[str, str]                  # non-model file -> sha256
     manifest_sha256: str
+    lineage: dict[str, Any]                # optional: parent, method, site cohort (noa-edge recalibrate)
+    ood: dict[str, Any]                    # optional: OOD description (edge/ood.py); its file is listed in files
 
 
 class BundleError(EdgeError, ValueError):
@@ -115,8 +121,9 @@ def finalize_manifest(bundle_dir: str | Path, manifest: dict) -> dict:
     manifest["files"] = {
         p.relative_to(root).as_posix(): sha256_file(p)
         for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != MANIFEST and p.relative_to(root).as_posix() not in variant_files
+        if p.is_file() and p.relative_to(root).as_posix() not in (MANIFEST, SIGNATURE, *variant_files)
     }
+    (root / SIGNATURE).unlink(missing_ok=True)  # it signed the previous manifest: sign the new one again
     manifest["nomogram_sha256"] = sha256_json(manifest["nomogram"])
     manifest.pop("manifest_sha256", None)
     manifest["manifest_sha256"] = manifest_digest(manifest)
@@ -184,13 +191,24 @@ class Bundle:
         raise BundleError(self.path, [f"{MANIFEST}: no runnable variant for target {target!r}"])
 
     def runner(self, target: str = "cpu", variant: str | None = None, num_threads: int | None = None,
-               runtime: str = "auto") -> ModelRunner:
-        """A `edge.runtime.ModelRunner` on the chosen TFLite variant."""
-        name = self.choose_variant(target, variant)
+               runtime: str = "auto") -> ModelRunner | OnnxRunner:
+        """A runner on the chosen variant: `edge.runtime.ModelRunner` for a TFLite one, `edge.runtime_onnx.
+        OnnxRunner` for the ONNX one. runtime onnxruntime/edgetpu imply the onnx/edgetpu variant."""
+        runtime = RUNTIME_ALIASES.get(runtime, runtime)
+        if variant in (None, "auto") and runtime in ("onnxruntime", "edgetpu"):
+            variant = "onnx" if runtime == "onnxruntime" else "edgetpu"
+        name = self.choose_variant(target, None if variant == "auto" else variant)
         spec = self.variants[name]
+        if spec["file"].endswith(".onnx"):
+            if runtime not in ("auto", "onnxruntime"):
+                raise BundleError(self.path, [f"{spec['file']}: variant {name!r} is an ONNX model: it runs with "
+                                              f"--runtime onnxruntime, not {runtime}"])
+            return OnnxRunner(self.path / spec["file"], variant=name, num_threads=num_threads)
+        if runtime == "onnxruntime":
+            raise BundleError(self.path, [f"--runtime onnxruntime runs the bundle's onnx variant, not {name!r} "
+                                          f"({spec['file']}); add one with `noa-edge bundle-onnx` on the host"])
         if not spec["file"].endswith(".tflite"):
-            raise BundleError(self.path, [f"{spec['file']}: variant {name!r} is not a TFLite model "
-                                          "(ONNX is for TensorRT on Jetson, see the bundle README)"])
+            raise BundleError(self.path, [f"{spec['file']}: variant {name!r} is not a TFLite model"])
         return ModelRunner(self.path / spec["file"], variant=name, num_threads=num_threads, runtime=runtime)
 
 
@@ -232,6 +250,9 @@ def verify(path: str | Path) -> list[str]:
         for rel, digest in manifest["files"].items():
             problems += _check_file(root, rel, digest, None, f"(files in {MANIFEST})")
         problems += _unlisted_files(root, manifest)
+        ood = manifest.get("ood")  # optional (bundles built before the OOD guard have none)
+        if ood is not None and (not isinstance(ood, dict) or ood.get("file") not in manifest["files"]):
+            problems.append(f"{MANIFEST}: 'ood' must name its description file, listed (and hashed) in 'files'")
     if sha256_json(manifest["nomogram"]) != manifest["nomogram_sha256"]:
         problems.append(f"{MANIFEST}: embedded nomogram does not match nomogram_sha256")
     for key in manifest["default_variant"].values():
@@ -260,7 +281,7 @@ def _check_file(root: Path, relative: str, digest: str, size: int | None, where:
 def _unlisted_files(root: Path, manifest: dict) -> list[str]:
     """Files in the folder that the manifest does not hash: the writer lists every file it leaves, so one of
     these came from elsewhere, and the device would read an unchecked fidelity.json or model card."""
-    listed = {MANIFEST, *manifest["files"]}
+    listed = {MANIFEST, SIGNATURE, *manifest["files"]}
     listed |= {spec["file"] for spec in manifest["variants"].values() if isinstance(spec, dict) and "file" in spec}
     return [f"{rel}: not listed in {MANIFEST} (not part of this build: remove it or rebuild the bundle)"
             for rel in sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
@@ -307,6 +328,7 @@ def describe(bundle: Bundle) -> list[str]:
     lines.append(f"threshold   {m['threshold']}{source}")
     prov = m["provenance"]
     lines.append("provenance  " + ", ".join(f"{k}={v}" for k, v in prov.items()))
+    lines += lineage_lines(m)
     fidelity = bundle.fidelity()
     if fidelity:
         lines.append(f"fidelity vs Keras on {fidelity.get('n_rois')} held-out ROIs "
@@ -316,11 +338,32 @@ def describe(bundle: Bundle) -> list[str]:
         for name, f in fidelity.get("variants", {}).items():
             lines.append(f"  {name:8s} {_num(f.get('auc'), 4):>7s} {_num(f.get('delta_auc'), 4):>8s} "
                          f"{_num(f.get('agreement'), 4):>7s} {_num(f.get('mean_abs_dprob'), 5):>9s} "
-                         f"{_num(f.get('max_abs_dprob'), 5):>9s} {_num(f.get('cam_r'), 4):>7s}")
+                         f"{_num(f.get('max_abs_dprob'), 5):>9s} {_num(f.get('cam_r'), 4):>7s}"
+                         + (f"  (vs {f['reference'].split(' through')[0]})" if f.get("reference") else ""))
+    ood = m.get("ood")
+    lines.append("ood guard   " + ("none (no OOD description in this bundle)" if not ood else
+                                   f"{ood.get('file')}; thresholds {ood.get('thresholds')}"))
     preflight = bundle.preflight()
     if preflight:
         lines.append(f"edge tpu    {preflight.get('verdict')}")
+    lines.append("signature   " + (f"{SIGNATURE} (Ed25519; `noa-edge bundle verify --trust PUBKEY` checks it)"
+                                   if (bundle.path / SIGNATURE).is_file() else "none (unsigned)"))
     return lines
+
+
+def lineage_lines(m: Mapping[str, Any]) -> list[str]:
+    """Where a recalibrated bundle comes from (optional manifest key `lineage`, written by `noa-edge
+    recalibrate`): its parent (sha256 of the parent's manifest.json bytes), the update and the site cohort."""
+    lineage = m.get("lineage")
+    if not isinstance(lineage, dict):
+        return []
+    c = lineage.get("cohort") or {}
+    method = lineage.get("method")
+    what = "no update (the site's data did not call for one)" if method == "none" else f"{method} recalibration"
+    return [f"lineage     {what} (requested {lineage.get('method_requested')}) of "
+            f"{lineage.get('parent_name')}, parent manifest.json sha256 {lineage.get('parent_sha256')}",
+            f"  site cohort {c.get('dataset')}: {c.get('n_images')} images / {c.get('n_patients')} patients, "
+            f"{c.get('events_images')} NOA images ({c.get('events_patients')} NOA patients)"]
 
 
 def _num(value, digits: int) -> str:

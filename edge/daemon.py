@@ -8,16 +8,20 @@ builds on a Daemon; nothing here knows about HTTP.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
 
+from .bundle_signing import SignatureError, check_signature
 from .capture import FrameGrabber, FreezeDetector, SourceError, decode_still, open_source
 from .decode_limits import DecodeLimits, set_limits
 from .dicom_io import DicomConfigError, parse_pacs
@@ -28,9 +32,13 @@ from .imaging import decode_upload
 from .inbox import Inbox, InboxWorker, exam_stored_for
 from .patient import PatientContext, clean_patient_id
 from .pipeline import Analyzer
+from .retention import RetentionConfigError, RetentionPolicy, RetentionWorker
+from .runtime import RuntimeChoiceError, normalize_runtime
+from .service_notify import ServiceNotifier
 from .store import ExamStore, StoreError
 
 HERE = Path(__file__).parent
+log = logging.getLogger("noa_edge.daemon")
 DEFAULT_BUNDLE = "firmware_assets/demo-phantom"
 VARIANTS = ("auto", "fp32", "fp16", "int8", "edgetpu")
 
@@ -59,6 +67,8 @@ class DaemonConfig:
     data_dir: str | None = None
     pacs: str | None = None
     variant: str = "auto"
+    runtime: str = "auto"                  # edge.runtime.RUNTIME_CHOICES; auto = probed (edge/runtime_select.py)
+    trust_key: str | None = None           # Ed25519 public key (PEM): only bundles signed by it load
     threads: int | None = None
     max_upload_mb: float = 20.0
     freeze_threshold: float = 0.5
@@ -76,6 +86,9 @@ class DaemonConfig:
     inbox_max_mb: float = 2048.0
     max_image_mp: float = 40.0             # decode limits (edge/decode_limits.py)
     max_frames: int = 1000
+    keep_days: float | None = None         # retention (edge/retention.py): never an exam not pushed to --pacs
+    max_exams: int | None = None
+    max_disk_mb: float | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -91,8 +104,16 @@ def check_config(cfg: DaemonConfig) -> None:
         raise ConfigError("--token must be at least 8 characters")
     if cfg.variant not in VARIANTS:
         raise ConfigError(f"--variant {cfg.variant!r}: choose one of {', '.join(VARIANTS)}")
+    try:
+        normalize_runtime(cfg.runtime)
+    except RuntimeChoiceError as exc:
+        raise ConfigError(str(exc)) from None
     if cfg.min_free_mb < 0:
         raise ConfigError("--min-free-mb must be ≥ 0")
+    try:
+        retention_policy(cfg)
+    except RetentionConfigError as exc:
+        raise ConfigError(str(exc)) from None
     if cfg.threads is not None and cfg.threads < 1:
         raise ConfigError("--threads must be ≥ 1")
     if not 0 < cfg.port < 65536:
@@ -111,6 +132,16 @@ def check_config(cfg: DaemonConfig) -> None:
     if not (resolve_bundle(cfg.bundle) / "manifest.json").is_file():
         raise ConfigError(f"--bundle {cfg.bundle}: no manifest.json there (build one with `noa-edge convert`, "
                           "or `make firmware` for the demo bundle)")
+    if cfg.trust_key:
+        try:
+            check_signature(resolve_bundle(cfg.bundle), cfg.trust_key)
+        except SignatureError as exc:
+            raise ConfigError(f"--trust-key: {exc}") from None
+
+
+def retention_policy(cfg: DaemonConfig) -> RetentionPolicy:
+    return RetentionPolicy(keep_days=cfg.keep_days, max_exams=cfg.max_exams, max_disk_mb=cfg.max_disk_mb,
+                           pacs=cfg.pacs)
 
 
 def dicom_access(cfg: DaemonConfig) -> ScpAccess:
@@ -162,8 +193,9 @@ class Daemon:
         self.started = time.time()
         self.data_dir = Path(cfg.data_dir) if cfg.data_dir else default_data_dir()
         self.store = ExamStore(self.data_dir, min_free_bytes=int(cfg.min_free_mb * 1e6))
-        self.analyzer = Analyzer(resolve_bundle(cfg.bundle), variant=cfg.variant, threads=cfg.threads,
-                                 store=self.store)
+        self.analyzer = self._load_analyzer()
+        self._reload_lock = threading.Lock()
+        self.bundle_reloads: dict[str, Any] = {"ok": 0, "failed": 0, "last_error": ""}  # SIGHUP reloads
         set_limits(DecodeLimits(max_pixels=int(cfg.max_image_mp * 1e6), max_frames=cfg.max_frames))
         self.inbox = Inbox(self.data_dir, max_items=cfg.inbox_max_items, max_bytes=int(cfg.inbox_max_mb * 1024**2))
         self.inbox_worker: InboxWorker | None = None
@@ -173,12 +205,52 @@ class Daemon:
         self.counters = {"requests": 0, "analyses_ok": 0, "analyses_rejected": 0, "analyses_failed": 0,
                          "auto_analyses": 0, "uploads_too_large": 0, "auth_failures": 0}
         self._lock = threading.Lock()
+        self.retention = RetentionWorker(self.store, retention_policy(cfg))
+        self.service = ServiceNotifier(self.healthy)  # systemd READY/WATCHDOG (edge/service_notify.py)
+        self._loop: Any = None  # the web server's event loop, for the watchdog's liveness probe
 
     def count(self, key: str, n: int = 1) -> None:
         with self._lock:
             self.counters[key] = self.counters.get(key, 0) + n
 
+    def _load_analyzer(self) -> Analyzer:
+        """The bundle --bundle names now: a symlink (bundles/current) resolved once, so every file comes from
+        one A/B slot; its signature checked first when a trust key is configured."""
+        path = resolve_bundle(self.cfg.bundle).resolve()
+        if self.cfg.trust_key:
+            check_signature(path, self.cfg.trust_key)
+        return Analyzer(path, variant=self.cfg.variant, threads=self.cfg.threads, store=self.store,
+                        runtime=self.cfg.runtime)
+
+    def reload_bundle(self) -> bool:
+        """SIGHUP (after `noa-edge bundle install`/`rollback`): load the bundle again and swap it in. An analysis
+        in flight finishes on the old Analyzer (it holds it); the next one uses the new. A bundle that fails to
+        load (or to verify) leaves the old one serving, and the log says why."""
+        with self._reload_lock:
+            old = self.analyzer
+            try:
+                new = self._load_analyzer()
+            except Exception as exc:  # noqa: BLE001 - whatever the new bundle does, the old one keeps serving
+                self.bundle_reloads["failed"] += 1
+                self.bundle_reloads["last_error"] = str(exc)
+                log.error("bundle reload failed, still serving %s (%s): %s", old.manifest.get("name"),
+                          old.sha256[:12], exc)
+                return False
+            new.analyses, new.stage_totals_ms = old.analyses, old.stage_totals_ms  # /metrics counts on
+            self.analyzer = new
+            self.bundle_reloads["ok"] += 1
+            log.info("bundle reloaded: %s (%s) -> %s (%s), runtime %s", old.manifest.get("name"), old.sha256[:12],
+                     new.manifest.get("name"), new.sha256[:12], new.selection.runtime)
+            return True
+
+    def reload_on_sighup(self) -> None:
+        """SIGHUP reloads the bundle in a thread (the handler returns at once; requests keep being served)."""
+        if hasattr(signal, "SIGHUP") and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGHUP, lambda signum, frame: threading.Thread(
+                target=self.reload_bundle, name="bundle-reload", daemon=True).start())
+
     def start_capture(self) -> None:
+        self.reload_on_sighup()
         if self.cfg.source:
             source = open_source(self.cfg.source, inbox=self.inbox, dicom_access=dicom_access(self.cfg))
             freeze = FreezeDetector(self.cfg.freeze_threshold, self.cfg.freeze_frames)
@@ -189,8 +261,31 @@ class Daemon:
                                         on_frame=self.grabber.publish if self.grabber is not None else None,
                                         already_done=lambda item: exam_stored_for(self.store.list_exams, item),
                                         transient=(StoreError,)).start()
+        self.retention.start()  # a pass now, then every RETENTION_EVERY_S
+
+    def announce_ready(self, loop: Any = None) -> None:
+        """Serving: READY=1 to systemd, then WATCHDOG=1 while healthy(). `loop`: the server's asyncio loop."""
+        self._loop = loop
+        self.service.ready()
+
+    def healthy(self, timeout: float = 5.0) -> bool:
+        """The analysis workers run and the web loop answers (a callback scheduled on it runs in time)."""
+        if self.inbox_worker is None or not self.inbox_worker.is_alive():
+            return False
+        if self.grabber is not None and not self.grabber.is_alive():
+            return False
+        if self._loop is not None:
+            answered = threading.Event()
+            try:
+                self._loop.call_soon_threadsafe(answered.set)
+            except RuntimeError:  # the loop is closed
+                return False
+            return answered.wait(timeout)
+        return True
 
     def stop(self) -> None:
+        self.service.stop()
+        self.retention.stop()
         if self.grabber is not None:
             self.grabber.stop()
         if self.inbox_worker is not None:

@@ -27,6 +27,14 @@ from edge.errors import EdgeError
 RUNTIMES = ("ai_edge_litert", "tflite_runtime", "tensorflow")
 EDGETPU_LIBRARY = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
 OUTPUT_NAMES = ("prob", "cam")
+# What `--runtime` accepts (serve, bench, the config file): the device's runtimes by their package names.
+# `edgetpu` is LiteRT/tflite_runtime with the libedgetpu delegate on the bundle's edgetpu variant;
+# `onnxruntime` runs the bundle's ONNX variant (edge/runtime_onnx.py); `auto` probes (edge/runtime_select.py).
+RUNTIME_CHOICES = ("auto", "litert", "tflite-runtime", "onnxruntime", "edgetpu")
+RUNTIME_ALIASES = {"ai_edge_litert": "litert", "ai-edge-litert": "litert", "tflite_runtime": "tflite-runtime",
+                   "onnx": "onnxruntime", "ort": "onnxruntime"}
+TFLITE_MODULES = {"litert": "ai_edge_litert", "tflite-runtime": "tflite_runtime"}
+FEATURES = "features"  # optional: pooled backbone features for the OOD guard (edge/ood.py)
 
 
 class RuntimeUnavailable(EdgeError, RuntimeError):
@@ -35,6 +43,21 @@ class RuntimeUnavailable(EdgeError, RuntimeError):
 
 class ModelError(EdgeError, ValueError):
     """The model file is missing, unreadable, or lacks the `prob`/`cam` outputs."""
+
+
+class RuntimeChoiceError(EdgeError, ValueError):
+    """`--runtime` names no runtime this device knows."""
+
+
+def normalize_runtime(name: str | None) -> str:
+    """'litert' | 'tflite-runtime' | 'onnxruntime' | 'edgetpu' | 'auto' for a --runtime value (old module names
+    such as ai_edge_litert and tflite_runtime are accepted as aliases)."""
+    key = (name or "auto").strip().lower()
+    key = RUNTIME_ALIASES.get(key, key)
+    if key not in RUNTIME_CHOICES:
+        raise RuntimeChoiceError(f"--runtime {name!r}: choose one of {', '.join(RUNTIME_CHOICES)} "
+                                 "(ai_edge_litert and tflite_runtime are accepted as aliases)")
+    return key
 
 
 def _import_runtime(name: str):
@@ -64,12 +87,16 @@ def _dist_version(dist: str) -> str:
 
 
 def find_runtime(prefer: str = "auto"):
-    """Pick the interpreter: `prefer` = auto | ai_edge_litert | tflite_runtime | tensorflow.
+    """Pick the interpreter: `prefer` = auto | litert | tflite-runtime | edgetpu, or a module name
+    (ai_edge_litert | tflite_runtime | tensorflow).
 
     The environment variable NOA_EDGE_RUNTIME overrides "auto" (handy on a cart with two runtimes).
     Returns (name, Interpreter, load_delegate, version).
     """
-    prefer = os.environ.get("NOA_EDGE_RUNTIME", prefer) if prefer == "auto" else prefer
+    prefer = os.environ.get("NOA_EDGE_RUNTIME", prefer) if prefer in ("auto", "edgetpu") else prefer
+    prefer = TFLITE_MODULES.get(RUNTIME_ALIASES.get(prefer, prefer), prefer) if prefer else prefer
+    if prefer == "edgetpu":  # the delegate is chosen by the variant; any TFLite interpreter loads it
+        prefer = "auto"
     order = RUNTIMES if prefer in ("auto", "", None) else (prefer,)
     errors = []
     for name in order:
@@ -134,6 +161,10 @@ class ModelRunner:
                 f"(outputs: {', '.join(sorted(outputs)) or 'none'})"
             )
         self._prob, self._cam = outputs["prob"], outputs["cam"]
+        self._outputs = outputs  # every named output (prob, cam and any other, e.g. features)
+        self._features = outputs.get(FEATURES)  # None in bundles built before the OOD guard
+        self.has_features = self._features is not None
+        self.last_features: np.ndarray | None = None  # float32 (C,) of the last run(), when the model has them
         shape = tuple(int(v) for v in self._in["shape"])
         if len(shape) != 4 or shape[0] != 1 or shape[3] != 3:
             raise ModelError(f"{self.model_path.name}: input shape {shape} is not (1, S, S, 3)")
@@ -184,7 +215,18 @@ class ModelRunner:
         interp.invoke()
         prob = _dequantize(interp.get_tensor(self._prob["index"]), self._prob).reshape(-1)[0]
         cam = _dequantize(interp.get_tensor(self._cam["index"]), self._cam).reshape(self.cam_shape)
+        if self._features is not None:
+            self.last_features = _dequantize(interp.get_tensor(self._features["index"]), self._features).reshape(-1)
         return float(prob), cam
+
+    def run_all(self, roi_uint8: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output by name (prob, cam and whatever else the model exports), dequantized, batch dim dropped."""
+        self.run(roi_uint8)
+        return {name: _dequantize(self._interp.get_tensor(d["index"]), d)[0] for name, d in self._outputs.items()}
+
+    @property
+    def output_names(self) -> list[str]:
+        return sorted(self._outputs)
 
     def _quantize_input(self, roi: np.ndarray) -> None:
         buf, fbuf = self._in_buf, self._float_buf
@@ -206,7 +248,7 @@ class ModelRunner:
             "runtime_version": self.runtime_version, "delegate": self.delegate, "num_threads": self.num_threads,
             "input": {"shape": list(self.input_shape), "dtype": str(self.input_dtype),
                       "scale": self.input_scale, "zero_point": self.input_zero_point},
-            "cam_shape": list(self.cam_shape),
+            "cam_shape": list(self.cam_shape), "features": self.has_features,
         }
 
 

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import typer
 
+from .. import config_file
+from ..bundle import BundleError
+from ..bundle import load as load_bundle
 from ..daemon import resolve_bundle
+from ..runtime import RuntimeChoiceError, normalize_runtime
+from ..runtime_select import SelectionError
+from ..runtime_select import select as select_runtime
 from .report import format_report, run_bench, write_json
 from .stats import BenchError, compare
 
@@ -42,9 +48,26 @@ def register(app: typer.Typer) -> None:
                                                     "or the provenance run's model.keras)."),
         cine: Path = typer.Option(None, help="Video for --pipeline/--sustained (default: the shipped phantom cine)."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+        runtime: str = typer.Option("auto", help="auto (every installed one) | litert | tflite-runtime | onnxruntime "
+                                                 "| edgetpu: bench only this runtime."),
+        select: bool = typer.Option(False, "--select", help="Probe the runtimes as `serve --runtime auto` does (with "
+                                                           "--runs timed runs each), print the choice and write it "
+                                                           "as `runtime` in the device config's [serve] table."),
+        config: Path = typer.Option(None, "--config", envvar=config_file.ENV_VAR,
+                                    help=f"Device config --select writes to (default {config_file.DEFAULT_PATH})."),
     ) -> None:
         """Latency, throughput and memory per variant × backend × threads (interleaved), the pipeline
         stages, and a sustained live feed; prints a table and optionally writes JSON."""
+        if select:
+            _select_and_write(resolve_bundle(bundle), runs, config)
+            return
+        try:
+            chosen = normalize_runtime(runtime)
+        except RuntimeChoiceError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        if chosen != "auto":
+            backends, variants = ("litert", "edgetpu") if chosen == "edgetpu" else (chosen, variants)
         old = None
         if compare_to is not None:
             try:
@@ -73,3 +96,26 @@ def register(app: typer.Typer) -> None:
         if json_out is not None:
             write_json(report, json_out)
             typer.echo(f"\nJSON written to {json_out}")
+
+
+def _select_and_write(bundle: Path, runs: int, config: Path | None) -> None:
+    """`bench --select`: the probe `serve --runtime auto` runs at start, with `runs` timed runs per runtime, and its
+    choice written to the device config ([serve] runtime), so the service starts on it without probing."""
+    path = config or config_file.resolve_path(None) or config_file.DEFAULT_PATH
+    try:
+        sel = select_runtime(load_bundle(bundle), "auto", runs=max(runs, 1), force_probe=True)
+    except (BundleError, SelectionError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    report = sel.report()
+    for name, ms in report["probe_median_ms"].items():
+        typer.echo(f"  {name:15s} median {ms:8.2f} ms over {report['probe_runs']} warm runs")
+    for name, why in report["skipped"].items():
+        typer.echo(f"  {name:15s} skipped: {why}")
+    typer.echo(f"selected: {sel.runtime} ({sel.variant} variant): {sel.reason}")
+    try:
+        config_file.set_key(path, "serve", "runtime", sel.runtime)
+    except (config_file.ConfigFileError, OSError) as exc:
+        typer.echo(f"error: cannot write {path}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"wrote runtime = \"{sel.runtime}\" to [serve] in {path}")

@@ -5,9 +5,10 @@ Every contender gets the same input, its own warm-up, and the statistics TFLite'
 (init, first inference, warm-up mean, mean/std/min/max, p50/p90/p95/p99, throughput). A backend that is not
 installed, or a variant the bundle lacks, is returned under "skipped" with the reason, never silently absent.
 
-Host-only backends (onnxruntime, keras → TensorFlow) are imported lazily inside their loader, only when
-asked for, so `import edge.bench` stays light and TensorFlow-free (tests/test_layering.py); LiteRT's
-interpreter options are imported there too, since a Coral/Jetson image may have tflite_runtime only.
+Optional backends (onnxruntime, through the device's edge.runtime_onnx; keras → TensorFlow, host only) are
+imported lazily inside their loader, only when asked for, so `import edge.bench` stays light and
+TensorFlow-free (tests/test_layering.py); LiteRT's interpreter options are imported there too, since a
+Coral/Jetson image may have tflite_runtime only.
 
 Memory: `rss_delta_mb` is the resident-memory growth caused by loading that contender and running its
 first inference; `peak_rss_mb` is the process's peak (getrusage) at that moment, so in a run with many
@@ -30,7 +31,8 @@ import numpy as np
 
 from ..bundle import Manifest
 from ..errors import EdgeError
-from ..runtime import ModelRunner, RuntimeUnavailable
+from ..runtime import ModelError, ModelRunner, RuntimeUnavailable
+from ..runtime_onnx import OnnxRunner
 from .stats import ms_since, peak_rss_mb, progress, rss_mb, summarize
 
 ALL_VARIANTS = ("fp32", "fp16", "int8", "edgetpu")
@@ -94,23 +96,15 @@ def _litert_options_loader(path: Path, threads: int, backend: str) -> Callable:
 
 
 def _onnx_loader(path: Path, threads: int) -> Callable:
+    """ONNX Runtime through the device's own runner (edge.runtime_onnx: best execution provider, outputs by name)."""
     def load():
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        outputs = [o.name for o in session.get_outputs()]
-        if not any("prob" in o for o in outputs):
-            raise Unavailable(f"{path.name}: no output named prob (outputs: {', '.join(outputs)})")
-
-        def infer(x):
-            return session.run(outputs, {name: x[None]})
-        return infer
+        try:
+            runner = OnnxRunner(path, num_threads=threads)
+        except RuntimeUnavailable as exc:
+            raise Unavailable(str(exc)) from None
+        except ModelError as exc:
+            raise Unavailable(str(exc)) from None
+        return runner.run
     return load
 
 

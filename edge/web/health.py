@@ -34,7 +34,9 @@ def build(ctx: WebContext) -> APIRouter:
         storage = d.store.storage_status()
         return {"status": "ok" if storage["ok"] else "degraded", "storage": storage, "version": __version__,
                 "uptime_s": round(time.time() - d.started, 1), "source": d.source_status(), "bundle": info,
-                "runtime": info["runtime"],
+                "runtime": info["runtime"], "runtime_selection": d.analyzer.selection.report(),
+                "ood": info.get("ood"),  # the out-of-distribution guard: active or why not, threshold
+                "bundle_reloads": dict(d.bundle_reloads, last_error=without_paths(d.bundle_reloads["last_error"])),
                 "delegate": info["runtime"].get("delegate"), "exams": d.store.count(),
                 "data_dir": d.data_dir.name, "pacs": ctx.cfg.pacs, "resident_memory_bytes": resident_memory_bytes(),
                 "inbox": d.inbox.stats()}
