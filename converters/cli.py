@@ -19,10 +19,12 @@ from pathlib import Path
 
 import typer
 
+from converters.bundle_onnx import register as register_bundle_onnx
 from converters.errors import TrainExtraMissing
 
 TRAIN_EXTRA_MODULES = ("tensorflow", "sklearn")  # the [train] extra is there when these are importable
-HOST_COMMANDS = ("simulate", "validate", "train", "nomogram", "evaluate", "convert")
+HOST_COMMANDS = ("simulate", "validate", "train", "nomogram", "evaluate", "convert", "bundle-ood", "bundle-onnx",
+                 "recalibrate")
 
 
 def missing_train_extra() -> list[str]:
@@ -51,6 +53,9 @@ def register(app: typer.Typer) -> None:
     _register_nomogram(app)
     _register_evaluate(app)
     _register_convert(app)
+    _register_bundle_ood(app)
+    _register_recalibrate(app)
+    register_bundle_onnx(app)
 
 
 # ---------------------------------------------------------------------------------------- simulate
@@ -184,8 +189,13 @@ def _register_train(app: typer.Typer) -> None:
         patience: int = typer.Option(5, "--patience",
                                      help="Early-stopping patience (epochs) on the inner validation AUC."),
         weights: str = typer.Option(None, "--weights",
-                                    help="Local Keras no-top .h5: PATH (one backbone) or NAME=PATH,NAME=PATH. "
-                                    "Without it, weights start from scratch (nothing is downloaded)."),
+                                    help="imagenet (Keras cache ~/.keras/models or KERAS_HOME, else Keras "
+                                    "downloads it), or a local Keras no-top .h5: PATH (one backbone) or "
+                                    "NAME=PATH|imagenet,... Without it, weights start from scratch."),
+        precision: str = typer.Option("auto", "--precision",
+                                      help="auto|fp32|bf16: bf16 = Keras mixed_bfloat16 (head and saved model "
+                                      "stay fp32); auto = bf16 where the CPU has avx512_bf16/amx_bf16, "
+                                      "except NASNetMobile (measured slower) and --quick."),
         include_controls: bool = typer.Option(False, "--include-controls", help="Add controls as label 0."),
         quick: bool = typer.Option(False, "--quick", help="Smoke run: 64 px, 1 epoch, 2 folds, <= 40 images."),
         max_images: int = typer.Option(None, "--max-images", help="Class-balanced patient subsample [--quick 40]."),
@@ -201,7 +211,8 @@ def _register_train(app: typer.Typer) -> None:
 
         try:
             cfg = make_config(dataset, out, backbones, folds, epochs, batch_size, input_size, seed, patience,
-                              weights, include_controls, quick, max_images, learning_rate, progress=not quiet)
+                              weights, include_controls, quick, max_images, learning_rate, progress=not quiet,
+                              precision=precision)
             report = train(cfg)
         except (TrainError, WeightsError, TrainExtraMissing) as exc:
             typer.echo(f"error: {exc}", err=True)
@@ -382,3 +393,69 @@ def _register_convert(app: typer.Typer) -> None:
         except (ConvertError, TrainExtraMissing) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
+
+
+# ---------------------------------------------------------------------------------------- bundle-ood
+def _register_bundle_ood(app: typer.Typer) -> None:
+    @app.command("bundle-ood")
+    def bundle_ood_command(
+        bundle: Path = typer.Argument(..., help="Firmware bundle folder to add the out-of-distribution guard to."),
+        dataset: Path = typer.Argument(..., help="The dataset the bundle's model was trained on."),
+        seed: int = typer.Option(0, help="Seed of the fit / threshold patient split."),
+    ) -> None:
+        """Add the OOD guard to an existing bundle (no retraining): `features` output, ood.npz, manifest."""
+        from converters.errors import ConvertError
+        from converters.ood_fit import add_ood
+
+        try:
+            manifest = add_ood(bundle, dataset, seed=seed)
+        except ConvertError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        ood = manifest["ood"]
+        typer.echo(f"{bundle}: OOD guard added ({ood['components']} directions, fitted on {ood['fit']['rois']} "
+                   f"ROIs); thresholds " + ", ".join(f"{k} {v:.1f}" for k, v in ood["thresholds"].items()))
+
+
+# ------------------------------------------------------------------------------------------ recalibrate
+def _register_recalibrate(app: typer.Typer) -> None:
+    @app.command("recalibrate")
+    def recalibrate_cmd(
+        bundle: Path = typer.Argument(..., help="The frozen parent bundle (read only)."),
+        dataset: Path = typer.Argument(..., help="The site's own dataset (images + clinical values + outcome)."),
+        out: Path = typer.Option(..., "--out", help="New bundle folder, e.g. firmware_assets/NAME (must be new)."),
+        method: str = typer.Option("auto", "--method", help="auto (closed testing procedure), intercept, slope "
+                                                            "or refit."),
+        threshold: str = typer.Option("youden", "--threshold",
+                                      help="Threshold rule on the site's data after the update: 'youden', a number "
+                                           "in (0, 1), 'sens=0.95' or 'spec=0.95'."),
+        seed: int = typer.Option(0, "--seed", help="Recorded in the lineage (the update itself is deterministic)."),
+        variant: str = typer.Option(None, "--variant", help="Bundle model variant (default: the CPU default)."),
+        sign_key: Path = typer.Option(None, "--sign-key", help="Sign the new bundle with the site's Ed25519 key."),
+        json_out: Path = typer.Option(None, "--json", help="Also write the report JSON to this file."),
+        quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    ) -> None:
+        """Update a frozen bundle's nomogram on a site's patients (CNN unchanged); write a new bundle + report."""
+        from converters.errors import ConvertersError
+        from converters.recalibrate import recalibrate
+        from edge.errors import EdgeError
+
+        try:
+            rep = recalibrate(bundle, dataset, out, method=method, threshold=threshold, seed=seed, variant=variant,
+                              progress=not quiet, sign_key=sign_key)
+        except (ConvertersError, EdgeError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        b, a, c = rep["before"], rep["after"], rep["cohort"]
+        typer.echo(f"{c['n_images']} images / {c['n_patients']} patients ({c['events_images']} NOA images): "
+                   f"method {rep['method']} (requested {rep['method_requested']}): {rep['method_reason']}")
+        for t in rep["closed_test"]:
+            typer.echo(f"  {t['test']}: LR chi2 {t['lr_chi2']:.2f}, df {t['df']}, p {t['p']:.3g}")
+        for name, r in (("before", b), ("after (apparent)", a)):
+            typer.echo(f"  {name}: calibration slope {_fmt(r['calibration_slope'], 2)}, in-the-large "
+                       f"{_fmt(r['calibration_in_the_large'], 2)}, AUC {_fmt(r['auc'])}, Brier {_fmt(r['brier'])}")
+        for note in rep["notes"]:
+            typer.echo(f"  warning: {note}")
+        if json_out:
+            json_out.write_text(json.dumps(rep, indent=2))
+        typer.echo(f"wrote {rep['bundle']} (recalibration_report.html inside)")

@@ -21,10 +21,13 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from . import __version__
+from . import __version__, config_file
 from .bench.cli import register as register_bench
-from .bundle import MANIFEST, SCHEMA_VERSION, BundleError, default_bundle_path, describe, load, verify
+from .bundle import MANIFEST, SCHEMA_VERSION, BundleError, default_bundle_path, describe, load
+from .bundle_cli import register as register_bundle_updates
+from .bundle_signing import key_id, load_public_key, verify_signed
 from .daemon import DEFAULT_BUNDLE, ConfigError, DaemonConfig, check_config, check_source, default_data_dir
+from .doctor import register as register_doctor
 
 PLUGIN_GROUP = "noa_edge.commands"
 DATA_DIR_DEFAULT = default_data_dir()  # shown in --help
@@ -136,8 +139,22 @@ def demo(port: int = typer.Option(8080, help="Port of the local result page."),
             tmp.cleanup()
 
 
+def _read_config_file(ctx: typer.Context, value: Path | None) -> Path | None:
+    """--config (eager): the file's [serve] values become the defaults; flags on the command line win."""
+    try:
+        config_file.apply_to_context(ctx, value, serve_cmd)
+    except config_file.ConfigFileError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    return value
+
+
 @app.command("serve")
 def serve_cmd(
+    config: Path = typer.Option(None, "--config", envvar=config_file.ENV_VAR, is_eager=True,
+                                callback=_read_config_file,
+                                help=f"TOML file whose \\[serve] keys are these flags with dashes as underscores "
+                                     f"(default {config_file.DEFAULT_PATH} when it exists); flags override it."),
     bundle: str = typer.Option(DEFAULT_BUNDLE, help="Firmware bundle directory (manifest.json + models)."),
     source: str = typer.Option("demo", help="demo | video:PATH | v4l2:N | /dev/videoN | rtsp://… | http://… | "
                                             "folder:PATH | dicom:AE_TITLE@PORT | none"),
@@ -154,6 +171,11 @@ def serve_cmd(
     data_dir: Path = typer.Option(None, help=f"Where exams are kept (default {DATA_DIR_DEFAULT})."),
     pacs: str = typer.Option(None, help="PACS for DICOM export, AE@host:port."),
     variant: str = typer.Option("auto", help="Model variant: auto | fp32 | fp16 | int8 | edgetpu."),
+    runtime: str = typer.Option("auto", help="auto | litert | tflite-runtime | onnxruntime | edgetpu: auto probes the "
+                                             "installed runtimes whose variant meets the bundle's fidelity targets "
+                                             "and runs the fastest (see /api/health)."),
+    trust_key: Path = typer.Option(None, help="Ed25519 public key (PEM): refuse a bundle not signed by it "
+                                              "(`noa-edge bundle sign`)."),
     threads: int = typer.Option(None, help="Interpreter threads (default: the runtime's choice)."),
     max_upload_mb: float = typer.Option(20.0, help="Largest accepted upload, MB."),
     no_auto: bool = typer.Option(False, "--no-auto", help="Do not analyse automatically on freeze / new image."),
@@ -171,6 +193,10 @@ def serve_cmd(
     max_image_mp: float = typer.Option(40.0, help="Largest image accepted, megapixels per frame (read from the "
                                                   "header; nothing bigger is decoded)."),
     max_frames: int = typer.Option(1000, help="Most frames in one DICOM object (only one is decoded)."),
+    keep_days: float = typer.Option(None, help="Delete exams older than this many days (oldest first; never one "
+                                               "not yet pushed to --pacs). Default: keep."),
+    max_exams: int = typer.Option(None, help="Keep at most this many exams (the oldest pushed ones go first)."),
+    max_disk_mb: float = typer.Option(None, help="Keep at most this many MB of exam images and data."),
 ) -> None:
     """Run the edge daemon: capture, ROI, on-device inference, nomogram, local result page."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -189,6 +215,7 @@ def serve_cmd(
             raise typer.Exit(2)
     cfg = DaemonConfig(bundle=bundle, source=None if source in ("", "none") else source, host=host, port=port,
                        token=token, data_dir=str(data_dir) if data_dir else None, pacs=pacs, variant=variant,
+                       runtime=runtime, trust_key=str(trust_key) if trust_key else None,
                        threads=threads, max_upload_mb=max_upload_mb, auto_analyze=not no_auto,
                        min_free_mb=min_free_mb, allow_hosts=list(allow_host), dicom_host=dicom_host,
                        dicom_allow=[t.strip() for t in dicom_allow.split(",") if t.strip()],
@@ -196,7 +223,8 @@ def serve_cmd(
                        dicom_tls_cert=str(dicom_tls_cert) if dicom_tls_cert else None,
                        dicom_tls_key=str(dicom_tls_key) if dicom_tls_key else None,
                        dicom_tls_ca=str(dicom_tls_ca) if dicom_tls_ca else None, inbox_max_items=inbox_max_items,
-                       inbox_max_mb=inbox_max_mb, max_image_mp=max_image_mp, max_frames=max_frames)
+                       inbox_max_mb=inbox_max_mb, max_image_mp=max_image_mp, max_frames=max_frames,
+                       keep_days=keep_days, max_exams=max_exams, max_disk_mb=max_disk_mb)
     _check_or_exit(cfg, with_source=True)
     sock = _bind_or_exit(host, port)
     shown = host if ":" not in host else f"[{host}]"
@@ -210,9 +238,12 @@ app.add_typer(bundle_app, name="bundle")
 
 
 @bundle_app.command("verify")
-def verify_command(path: Path = typer.Argument(..., help="Bundle folder, e.g. firmware_assets/demo-phantom")) -> None:
-    """Check the schema and every file's size and sha256; exit 1 naming each bad file."""
-    problems = verify(path)
+def verify_command(path: Path = typer.Argument(..., help="Bundle folder, e.g. firmware_assets/demo-phantom"),
+                   trust: Path = typer.Option(None, "--trust", help="Also require a valid signature by this Ed25519 "
+                                                                    "public key (PEM).")) -> None:
+    """Check the schema and every file's size and sha256 (and the signature with --trust); exit 1 naming each
+    bad file."""
+    problems = verify_signed(path, trust)
     if problems:
         typer.echo(f"bundle {path} refused:", err=True)
         for problem in problems:
@@ -220,7 +251,8 @@ def verify_command(path: Path = typer.Argument(..., help="Bundle folder, e.g. fi
         raise typer.Exit(1)
     manifest = json.loads((path / MANIFEST).read_text())
     n = len(manifest["variants"]) + len(manifest["files"])
-    typer.echo(f"OK {manifest['name']}: schema {SCHEMA_VERSION}, {n} files verified")
+    signed = f", signature by the trusted key {key_id(load_public_key(trust))} OK" if trust else ""
+    typer.echo(f"OK {manifest['name']}: schema {SCHEMA_VERSION}, {n} files verified{signed}")
 
 
 @bundle_app.command("info")
@@ -240,6 +272,9 @@ def info_command(path: Path = typer.Argument(..., help="Bundle folder"),
         typer.echo(line)
 
 
+register_bundle_updates(bundle_app)  # sign, keygen, install, rollback (edge/bundle_cli.py)
+
+
 # ---------------------------------------------------------------------------------- plugins
 def _register_plugins() -> list[str]:
     """Add every installed command plugin; a plugin whose extra is missing raises ImportError, and its
@@ -254,6 +289,7 @@ def _register_plugins() -> list[str]:
 
 
 register_bench(app)
+register_doctor(app, serve_cmd)
 _hints = _register_plugins()
 if _hints:
     app.info.epilog = escape(" ".join(_hints))  # "[train]" is not rich markup

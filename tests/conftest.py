@@ -86,9 +86,13 @@ class DaemonProcess:
     """`noa-edge serve` in a subprocess on a free port (the real CLI, the real server)."""
 
     def __init__(self, bundle: Path, data_dir: Path, source: str = "none", extra: list[str] | None = None,
-                 log_path: Path | None = None, program: list[str] | None = None, threads: int | None = 1):
+                 log_path: Path | None = None, program: list[str] | None = None, threads: int | None = 1,
+                 runtime: str | None = "litert"):
         """program: how to call noa-edge (default `python -m edge.cli`; the end-to-end test uses the installed
-        script); threads None leaves the daemon's own default."""
+        script); threads None leaves the daemon's own default. runtime: LiteRT unless `extra` names one or
+        runtime is None (= serve's own `auto`): the demo bundle carries an ONNX variant, and auto's timed
+        probe may pick ONNX Runtime (|Δprob| ~1e-6) on a loaded machine, so a test comparing the daemon with
+        LiteRT would depend on a race. `auto` itself is tested in tests/test_runtime_onnx.py."""
         import os
 
         self.port = free_port()
@@ -96,6 +100,8 @@ class DaemonProcess:
         self.args = [*(program or [sys.executable, "-m", "edge.cli"]), "serve", "--bundle", str(bundle),
                      "--data-dir", str(data_dir), "--source", source, "--port", str(self.port),
                      *(["--threads", str(threads)] if threads else []), *(extra or [])]
+        if runtime and "--runtime" not in self.args:
+            self.args += ["--runtime", runtime]
         Path(data_dir).mkdir(parents=True, exist_ok=True)
         self.log_path = log_path or (Path(data_dir) / f"daemon-{self.port}.log")
         self._log = open(self.log_path, "ab")

@@ -19,7 +19,8 @@ from converters import ConvertersError, TrainExtraMissing
 from converters import cli as host_cli
 
 ROOT = Path(__file__).resolve().parent.parent
-HOST = ["simulate", "validate", "train", "nomogram", "evaluate", "convert"]
+HOST = ["simulate", "validate", "train", "nomogram", "evaluate", "convert", "bundle-ood", "recalibrate",
+        "bundle-onnx"]
 
 
 def test_register_adds_the_host_commands_in_data_path_order():

@@ -33,7 +33,7 @@ import tomllib
 ROOT = Path(__file__).resolve().parents[2]
 MUTANTS = Path(__file__).with_name("mutants.toml")
 COPIED = ("edge", "converters", "tests", "benchmarks", "pyproject.toml")
-LINKED = ("firmware_assets",)                             # read-only data: linked, not copied
+LINKED = ("firmware_assets", "docs")                     # read-only data: linked, not copied
 TEST_BUNDLE_CACHE = Path(".pytest_cache") / "d" / "noa-edge-test-bundle"  # saves a TensorFlow build per run
 FAILED_LINE = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.M)
 
