@@ -16,7 +16,6 @@ content: Pillow, cv2, browsers).
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import threading
 import time
@@ -38,7 +37,6 @@ from .nomogram import load_nomogram
 from .ood import OODGuard, flagged, load_guard
 from .preprocess import crop_roi
 from .roi import Box
-from .runtime import edgetpu_library
 from .runtime_select import select as select_runtime
 
 log = logging.getLogger("noa_edge.pipeline")
@@ -51,24 +49,6 @@ def _stage(timings: dict, name: str):
         yield
     finally:
         timings[name] = round((time.perf_counter() - t0) * 1000.0, 3)
-
-
-def choose_variant(bundle, wanted: str = "auto") -> str:
-    """--variant auto: the Edge TPU variant when the bundle has one and libedgetpu loads, else the
-    bundle's cpu default (fp32 on x86, where int8 is slower under XNNPACK). A named variant must exist."""
-    if wanted and wanted != "auto":
-        return bundle.choose_variant("cpu", wanted)
-    if "edgetpu" in bundle.variants and _edgetpu_present():
-        return "edgetpu"
-    return bundle.choose_variant("cpu")
-
-
-def _edgetpu_present() -> bool:
-    try:
-        ctypes.CDLL(edgetpu_library())
-        return True
-    except OSError:
-        return False
 
 
 class Analyzer:

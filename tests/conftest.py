@@ -188,3 +188,40 @@ def client(daemon):
 
     with httpx.Client(base_url=daemon.url, timeout=30) as c:
         yield c
+
+
+# ------------------------------------------------------------------------------------- DICOM objects
+def us_dicom_bytes(pixels, photometric: str = "MONOCHROME2", sop_class=None, **attrs) -> bytes:
+    """An uncompressed ultrasound DICOM object with known pixels; (H, W) or (frames, H, W), uint8 or uint16.
+    sop_class defaults to US Image / US Multi-frame Image Storage by the array's shape."""
+    import io
+
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import (
+        ExplicitVRLittleEndian,
+        UltrasoundImageStorage,
+        UltrasoundMultiFrameImageStorage,
+        generate_uid,
+    )
+
+    sop_class = sop_class or (UltrasoundMultiFrameImageStorage if pixels.ndim == 3 else UltrasoundImageStorage)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = sop_class, meta.MediaStorageSOPInstanceUID, "US"
+    ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID = "GOLDEN", generate_uid(), generate_uid()
+    ds.Rows, ds.Columns = pixels.shape[-2:]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    bits = 16 if pixels.dtype == np.uint16 else 8
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
+    if pixels.ndim == 3:
+        ds.NumberOfFrames = pixels.shape[0]
+    for key, value in attrs.items():
+        setattr(ds, key, value)
+    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()

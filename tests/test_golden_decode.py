@@ -5,40 +5,18 @@ not the decoder's own output."""
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, UltrasoundImageStorage, UltrasoundMultiFrameImageStorage, generate_uid
+from pydicom.uid import UltrasoundImageStorage, UltrasoundMultiFrameImageStorage
 
+from conftest import us_dicom_bytes
 from edge.imaging import decode_image, decode_image_bytes
 
 ROWS, COLS = 40, 48
 
 
 def _dicom(pixels: np.ndarray, sop_class, **attrs) -> bytes:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "US"
-    ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID = "GOLDEN", generate_uid(), generate_uid()
-    ds.Rows, ds.Columns = pixels.shape[-2:]
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    bits = 16 if pixels.dtype == np.uint16 else 8
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
-    if pixels.ndim == 3:
-        ds.NumberOfFrames = pixels.shape[0]
-    for key, value in attrs.items():
-        setattr(ds, key, value)
-    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+    return us_dicom_bytes(pixels, sop_class=sop_class, **attrs)
 
 
 def _linear_voi(x: np.ndarray, center: float, width: float, y_max: float) -> np.ndarray:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ast
 import csv
-import io
 import json
 import logging
 import shutil
@@ -22,10 +21,9 @@ import numpy as np
 import pytest
 from pydicom import examples
 from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset as DicomDataset
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, UltrasoundImageStorage, UltrasoundMultiFrameImageStorage, generate_uid
+from pydicom.uid import UltrasoundImageStorage
 
+from conftest import us_dicom_bytes
 from converters.dataset import load_dataset
 from converters.image_files import image_size, read_image_file
 from converters.train_data import load_rois
@@ -48,27 +46,7 @@ PYDICOM_US = {  # the ultrasound objects in the pydicom wheel
 }
 
 
-def _dicom_bytes(pixels: np.ndarray, photometric: str = "MONOCHROME2", **attrs) -> bytes:
-    """An uncompressed ultrasound object; pixels (H, W) or (frames, H, W), uint8 or uint16."""
-    sop_class = UltrasoundMultiFrameImageStorage if pixels.ndim == 3 else UltrasoundImageStorage
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = DicomDataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = sop_class, meta.MediaStorageSOPInstanceUID, "US"
-    ds.Rows, ds.Columns = pixels.shape[-2:]
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    bits = 16 if pixels.dtype == np.uint16 else 8
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
-    if pixels.ndim == 3:
-        ds.NumberOfFrames = pixels.shape[0]
-    for key, value in attrs.items():
-        setattr(ds, key, value)
-    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+_dicom_bytes = us_dicom_bytes
 
 
 RAMP = np.tile(np.linspace(10, 240, COLS).round().astype(np.uint8), (ROWS, 1))
