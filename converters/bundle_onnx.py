@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import json
 import tempfile
+from datetime import datetime, timezone
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 
 from converters import require_train_extra
+from converters.bundle_docs import code_version
 from converters.errors import ConvertError
 
 ONNX_FILE = "model.onnx"
@@ -167,6 +170,9 @@ def add_onnx(bundle_dir: str | Path, progress=print) -> dict:
                                     "input": {"dtype": "uint8", "scale": 1.0, "zero_point": 0},
                                     "source": f"{fp32['file']} via tf2onnx.from_tflite, opset {ONNX_OPSET}",
                                     "outputs": names}
+    manifest.setdefault("provenance", {})["onnx"] = {  # which code added the variant, as bundle-ood records
+        "tool": "noa-edge bundle-onnx", "code_version": code_version(), "tf2onnx": version("tf2onnx"),
+        "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     ood = manifest.get("ood")
     features_diff = metrics["outputs_max_abs_diff"].get("features")
     if isinstance(ood, dict) and "fp32" in (ood.get("thresholds") or {}) and features_diff is not None:

@@ -55,6 +55,8 @@ def test_bundle_onnx_records_a_verified_variant_with_its_fidelity(onnx_bundle):
     fid = bundle.fidelity()["variants"]["onnx"]
     assert fid["targets"]["max_abs_dprob"]["ok"] is True and fid["max_abs_dprob"] <= ONNX_LIMIT
     assert fidelity_problem(bundle, "onnx") is None
+    added_by = bundle.manifest["provenance"]["onnx"]  # which code added the variant
+    assert added_by["tool"] == "noa-edge bundle-onnx" and added_by["code_version"].startswith("noa-edge ")
 
 
 def test_onnx_runtime_equals_tflite_fp32_within_the_target(onnx_bundle):
