@@ -9,13 +9,17 @@ from pathlib import Path
 
 
 def code_version() -> str:
+    """`noa-edge VERSION git SHA`, `+dirty` when a tracked file of the code differs from that commit. The
+    bundles under firmware_assets/ are outputs, not code: a tool that edits a committed bundle in place must
+    not call its own tree dirty (pathspec `:!firmware_assets`)."""
     from edge import __version__
 
     try:
         root = Path(__file__).resolve().parent.parent
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":!firmware_assets"], cwd=root,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return f"noa-edge {__version__} git {sha}{'+dirty' if dirty else ''}" if sha else f"noa-edge {__version__}"
     except (OSError, subprocess.SubprocessError):
