@@ -151,8 +151,12 @@ def test_sighup_reloads_during_a_stream_of_analyses(two, demo_cine):
         d.proc.send_signal(signal.SIGHUP)
         wait_until(lambda: stream.names().count("bundle-b") >= 3, "analyses on bundle B after SIGHUP")
         # a reload that fails (the current slot damaged on the card) keeps the model that is running
+        # A new, truncated file in place of the model (rename, as an install writes): truncating the running
+        # model's own file would pull pages from under the interpreter's mmap of it (SIGBUS), a different test.
         model = data / "bundles" / "current" / "model_fp32.tflite"
-        model.write_bytes(model.read_bytes()[:-100])
+        damaged = model.with_name("damaged.tmp")
+        damaged.write_bytes(model.read_bytes()[:-100])
+        os.replace(damaged, model)
         d.proc.send_signal(signal.SIGHUP)
         health = wait_until(lambda: (h := httpx.get(d.url + "/api/health").json())["bundle_reloads"]["failed"] == 1
                             and h, "the failed reload in /api/health")
