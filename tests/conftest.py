@@ -90,7 +90,7 @@ class DaemonProcess:
                  runtime: str | None = "litert"):
         """program: how to call noa-edge (default `python -m edge.cli`; the end-to-end test uses the installed
         script); threads None leaves the daemon's own default. runtime: LiteRT unless `extra` names one or
-        runtime is None (= serve's own `auto`): the demo bundle carries an ONNX variant, and auto's timed
+        runtime is None (= serve's own `auto`): a bundle with an ONNX variant (`bundle-onnx`) lets auto's timed
         probe may pick ONNX Runtime (|Δprob| ~1e-6) on a loaded machine, so a test comparing the daemon with
         LiteRT would depend on a race. `auto` itself is tested in tests/test_runtime_onnx.py."""
         import os
